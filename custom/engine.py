@@ -1,0 +1,174 @@
+"""The pretraining workflow on pytorch-ignite: one iteration = forward, loss, backward, step.
+
+:class:`PretrainTrainer` is an ignite ``Engine`` (MONAI-workflow-like: it owns its loader and
+``max_epochs`` and attaches the handlers a bundle config lists). It also owns exact resumption:
+its full training state is saved atomically at every epoch end and restored on ``resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from .distributed import is_main_process
+from .nets.factory import unwrap
+from .utils import as_bool, atomic_torch_save, epoch_seed, seed_everything
+
+TRAIN_STATE = "train_state.pt"
+logger = logging.getLogger("reclf")
+
+
+def _set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    """Make data order and augmentation a function of the epoch only (exact resume)."""
+    for obj in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+class PretrainTrainer(Engine):
+    """Ignite trainer for the contrastive pretraining objectives.
+
+    Args:
+        device: torch device (or string). max_epochs: total epochs.
+        train_data_loader: batches from :class:`custom.data.PretrainDataset`.
+        network: the (possibly DDP-wrapped) :class:`custom.nets.reclf.RECLFModel`.
+        optimizer, loss_function (:class:`custom.losses.PretrainLoss`), lr_scheduler (per iteration).
+        amp: mixed precision (fp16 + GradScaler on CUDA, bf16 autocast on CPU).
+        train_handlers: objects with ``attach(engine)`` (MONAI / ignite handlers).
+        checkpoint_dir: where ``train_state.pt`` is written each epoch (rank 0).
+        resume: continue from ``checkpoint_dir/train_state.pt`` (model, optimizer, scheduler, scaler,
+            epoch); the data order and RNG are functions of (seed, epoch), so the result equals an
+            uninterrupted run.
+        seed: run seed. grad_clip: max gradient norm (0 = off).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: torch.utils.data.DataLoader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: torch.nn.Module,
+        lr_scheduler: Any = None,
+        amp: bool | str = False,
+        train_handlers: Sequence[Any] = (),
+        checkpoint_dir: str | None = None,
+        resume: bool | str = False,
+        seed: int = 0,
+        grad_clip: float = 0.0,
+    ) -> None:
+        super().__init__(self._iteration)
+        self.device = torch.device(device)
+        self.max_epochs = int(max_epochs)
+        self.data_loader = train_data_loader
+        self.network = network
+        self.optimizer = optimizer
+        self.loss_function = loss_function
+        self.lr_scheduler = lr_scheduler
+        self.amp = as_bool(amp, "amp")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = as_bool(resume, "resume")
+        self.seed = int(seed)
+        self.grad_clip = float(grad_clip)
+        self.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._save_train_state)
+        for handler in train_handlers or ():
+            handler.attach(self)
+
+    # ---- one iteration --------------------------------------------------------------------
+    def _autocast(self):
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+
+    def _iteration(self, engine: Engine, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.network.train()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            outputs = self.network(
+                batch["image"], batch["input_ids"], batch["attention_mask"], batch["word_ids"], batch["report_id"]
+            )
+        losses = self.loss_function(outputs, batch["report_id"])
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                "lower lr or disable amp; the last good state is in train_state.pt"
+            )
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        return out
+
+    # ---- epochs, state, resume --------------------------------------------------------------
+    def _on_epoch_started(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        _set_epoch(self.data_loader, epoch)
+        # dropout etc. draw from the global RNG: reseed per epoch so a resumed epoch replays
+        seed_everything(epoch_seed(self.seed, epoch))
+
+    def state_path(self) -> str | None:
+        return os.path.join(self.checkpoint_dir, TRAIN_STATE) if self.checkpoint_dir else None
+
+    def _save_train_state(self, engine: Engine) -> None:
+        path = self.state_path()
+        if path is None or not is_main_process():
+            return
+        atomic_torch_save(
+            {
+                "epoch": engine.state.epoch,
+                "epoch_length": engine.state.epoch_length,
+                "network": unwrap(self.network).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+                "scaler": self.scaler.state_dict(),
+                "seed": self.seed,
+            },
+            path,
+        )
+
+    def _load_train_state(self) -> None:
+        path = self.state_path()
+        if path is None or not os.path.isfile(path):
+            raise FileNotFoundError(f"resume: no training state at {path!r}; run without --resume first")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["epoch"] > self.max_epochs:
+            raise ValueError(f"resume: {path!r} is at epoch {state['epoch']} > epochs={self.max_epochs}")
+        if state["epoch_length"] != len(self.data_loader):
+            raise ValueError(
+                f"resume: {path!r} had {state['epoch_length']} iterations per epoch, the loader now has "
+                f"{len(self.data_loader)}: batch_size or the data changed"
+            )
+        unwrap(self.network).load_state_dict(state["network"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.load_state_dict({"epoch": state["epoch"], "max_epochs": self.max_epochs, "epoch_length": state["epoch_length"]})
+        logger.info("resumed from %s at epoch %d", path, state["epoch"])
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train (or resume) to ``max_epochs``."""
+        seed_everything(self.seed)
+        if self.resume:
+            self._load_train_state()
+            if self.state.epoch >= self.max_epochs:
+                logger.info("resume: already at epoch %d of %d, nothing to do", self.state.epoch, self.max_epochs)
+                return
+        # the first epoch's iterator is created before EPOCH_STARTED fires
+        _set_epoch(self.data_loader, self.state.epoch + 1)
+        super().run(self.data_loader, max_epochs=self.max_epochs)

@@ -1,0 +1,91 @@
+"""Reading radiographs into (H, W) float32 arrays in [0, 1], rows top→bottom, columns left→right
+as the image is displayed (no transposition, unlike MONAI's 2-D readers)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+class RadiographReadError(ValueError):
+    """A radiograph could not be read; the message names the file and the fix."""
+
+
+def _to_unit(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 3:  # RGB(A) → gray
+        array = array[..., :3].mean(-1)
+    lo, hi = float(array.min()), float(array.max())
+    return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+
+
+def _read_pil(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(img, dtype=np.float32)
+            return np.clip(array / 65535.0, 0.0, 1.0) if img.mode.startswith("I;16") else _to_unit(array)
+        array = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    return array
+
+
+def _read_dicom(path: str) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(path, force=True)
+    if "PixelData" not in ds:
+        raise RadiographReadError(f"{path}: DICOM file has no pixel data")
+    if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
+        # files without a meta header are implicit VR little endian by the standard's default
+        ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    try:
+        pixels = ds.pixel_array
+    except Exception as err:  # decoder plugins raise assorted types
+        syntax = ds.file_meta.TransferSyntaxUID
+        raise RadiographReadError(
+            f"{path}: cannot decode pixel data ({syntax.name}): {err}. For JPEG-lossless/JPEG 2000 install "
+            "'pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg'"
+        ) from err
+    array = apply_modality_lut(pixels, ds)
+    array = apply_voi_lut(array, ds, index=0) if ("WindowCenter" in ds or "VOILUTSequence" in ds) else array
+    array = _to_unit(array)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        array = 1.0 - array  # MONOCHROME1: high values are dark
+    return array
+
+
+def _read_nifti(path: str) -> np.ndarray:
+    import nibabel as nib
+
+    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    data = np.squeeze(data)
+    if data.ndim != 2:
+        raise RadiographReadError(f"{path}: expected a 2-D NIfTI image, got shape {data.shape}")
+    # NIfTI stores (x=columns, y=rows); rows are flipped so that the first row is the top
+    return _to_unit(np.flipud(data.T))
+
+
+_READERS = {".png": _read_pil, ".jpg": _read_pil, ".jpeg": _read_pil, ".dcm": _read_dicom, ".dicom": _read_dicom,
+            ".nii": _read_nifti, ".nii.gz": _read_nifti}
+
+
+def read_radiograph(path: str) -> np.ndarray:
+    """Read PNG/JPG/DICOM/NIfTI into (H, W) float32 in [0, 1]; raise :class:`RadiographReadError`."""
+    if not os.path.isfile(path):
+        raise RadiographReadError(f"{path}: file not found (check dataset_dir and the datalist paths)")
+    lower = path.lower()
+    ext = ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
+    reader = _READERS.get(ext)
+    if reader is None:
+        raise RadiographReadError(f"{path}: unknown extension {ext!r}; expected one of {sorted(_READERS)}")
+    try:
+        return reader(path)
+    except RadiographReadError:
+        raise
+    except Exception as err:
+        raise RadiographReadError(f"{path}: cannot read image: {err}") from err

@@ -1,0 +1,112 @@
+"""Build a :class:`RECLFModel` from plain (config/JSON) values, and rebuild it from a checkpoint."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import Any
+
+import torch
+
+from ..utils import as_optional_path
+from .image_encoder import ImageEncoder
+from .reclf import RECLFModel
+from .text_encoder import TextEncoder, build_text_model, build_text_model_from_config
+
+MODEL_ARGS = tuple(p for p in inspect.signature(RECLFModel.__init__).parameters if p not in ("self", "image_encoder", "text_encoder"))
+
+
+def build_reclf_model(
+    tokenizer,
+    image_encoder: str = "resnet18",
+    image_weights: str | None = None,
+    text_encoder: str | None = None,
+    text_config: dict[str, Any] | None = None,
+    init_ckpt: str | None = None,
+    **model_args: Any,
+) -> RECLFModel:
+    """The pretraining network from top-level config values.
+
+    Args:
+        tokenizer: the run's tokenizer (its size sets the vocabulary of a from-config BERT).
+        image_encoder: ``resnet18`` | ``resnet50`` ...; image_weights: torchvision state dict path.
+        text_encoder: local Hugging Face folder, or ''/None for a small BERT from config.
+        text_config: overrides of the small BERT (hidden_size, num_hidden_layers, ...).
+        init_ckpt: a previous pretraining ``model.pt`` to start from (loaded strictly).
+        model_args: :class:`RECLFModel` keyword arguments (objective, srm, irm, ...).
+
+    The returned model carries ``build_config`` (what :func:`save_pretrained` writes to
+    ``model.json``) so that a checkpoint rebuilds it without the original config.
+    """
+    unknown = set(model_args) - set(MODEL_ARGS)
+    if unknown:
+        raise TypeError(f"unknown model arguments {sorted(unknown)}; expected a subset of {list(MODEL_ARGS)}")
+    image = ImageEncoder(image_encoder, weights=None if as_optional_path(init_ckpt) else image_weights)
+    text = TextEncoder(build_text_model(text_encoder, tokenizer, **(text_config or {})))
+    model = RECLFModel(image, text, **model_args)
+    model.build_config = {"image_encoder": image_encoder, "model": {k: _plain(v) for k, v in model_args.items()}}
+    init_ckpt = as_optional_path(init_ckpt)
+    if init_ckpt is not None:
+        load_state_dict_strict(model, init_ckpt)
+    return model
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly value (config strings such as 'false' are kept as given; the model coerces)."""
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under DDP / DataParallel wrappers (state dicts without ``module.``)."""
+    return getattr(model, "module", model)
+
+
+def load_state_dict_strict(model: torch.nn.Module, path: str) -> None:
+    """Load a reclf ``model.pt`` strictly, with a message that says what does not match."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} not found (run reclf_pretrain/configs/train.yaml first?)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        unwrap(model).load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path!r} does not match this model's configuration: {err}") from err
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer, directory: str, filename: str = "model.pt") -> str:
+    """Write the self-describing checkpoint: ``model.pt`` + ``model.json`` + ``text/``.
+
+    Each file is written atomically; ``model.json`` last, so it never points at missing weights.
+    """
+    from ..utils import atomic_torch_save, atomic_write_text
+
+    net = unwrap(model)
+    os.makedirs(directory, exist_ok=True)
+    text_dir = os.path.join(directory, "text")
+    tokenizer.save_pretrained(text_dir)
+    net.text_encoder.model.config.save_pretrained(text_dir)
+    path = os.path.join(directory, filename)
+    atomic_torch_save(net.state_dict(), path)
+    meta = {"format": "reclf-pretrain/1", "weights": filename, "text": "text", **net.build_config}
+    atomic_write_text(json.dumps(meta, indent=2), os.path.join(directory, "model.json"))
+    return path
+
+
+def load_pretrained(ckpt: str, device: str | torch.device = "cpu"):
+    """Rebuild (model, tokenizer) from a self-describing ``model.pt`` (its ``model.json`` and ``text/``)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    directory = os.path.dirname(os.path.abspath(ckpt))
+    meta_path = os.path.join(directory, "model.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{meta_path!r} not found: {ckpt!r} is not a self-describing reclf checkpoint")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    text_dir = os.path.join(directory, meta.get("text", "text"))
+    tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
+    text = TextEncoder(build_text_model_from_config(AutoConfig.from_pretrained(text_dir, local_files_only=True)))
+    model = RECLFModel(ImageEncoder(meta["image_encoder"]), text, **meta["model"])
+    model.build_config = {"image_encoder": meta["image_encoder"], "model": meta["model"]}
+    load_state_dict_strict(model, ckpt)
+    return model.to(device).eval(), tokenizer

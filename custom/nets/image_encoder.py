@@ -1,0 +1,100 @@
+"""Chest X-ray image encoder: MONAI ResNet in torchvision's layout, a local grid and a global vector."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
+
+from ..utils import as_optional_path
+
+# (block, layers, local-grid channels (layer3), global channels (layer4))
+RESNET_SPECS: dict[str, tuple[type, list[int], int, int]] = {
+    "resnet18": (ResNetBlock, [2, 2, 2, 2], 256, 512),
+    "resnet34": (ResNetBlock, [3, 4, 6, 3], 256, 512),
+    "resnet50": (ResNetBottleneck, [3, 4, 6, 3], 1024, 2048),
+}
+# ImageNet statistics averaged over RGB: grayscale radiographs fed to ImageNet-initialised weights.
+GRAY_MEAN, GRAY_STD = 0.449, 0.226
+
+
+def build_resnet(name: str) -> ResNet:
+    """A 2-D MONAI ResNet whose parameter names and shapes match torchvision's (minus ``fc``).
+
+    ``shortcut_type='B'``, ``bias_downsample=False`` and ``conv1_t_stride=2`` are what make
+    torchvision ImageNet weights load strictly; MONAI's defaults differ (DESIGN §7). One input
+    channel: the ImageNet ``conv1`` is summed over RGB when loaded (equivalent to a gray image
+    repeated on three channels, at a third of the cost).
+    """
+    if name not in RESNET_SPECS:
+        raise ValueError(f"image_encoder: expected one of {sorted(RESNET_SPECS)}, got {name!r}")
+    block, layers, _, _ = RESNET_SPECS[name]
+    return ResNet(
+        block,
+        layers,
+        [64, 128, 256, 512],
+        spatial_dims=2,
+        n_input_channels=1,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        shortcut_type="B",
+        bias_downsample=False,
+        feed_forward=False,
+    )
+
+
+def load_torchvision_weights(net: ResNet, path: str) -> None:
+    """Load a torchvision-format ResNet state dict (e.g. ``resnet50-0676ba61.pth``) strictly.
+
+    The classifier ``fc.*`` is dropped (the encoder has none); every other key must match.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    if "conv1.weight" in state and state["conv1.weight"].shape[1] == 3:
+        state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"image_weights {path!r} is not a torchvision state dict for this ResNet "
+            f"(check image_encoder matches the file): {err}"
+        ) from err
+
+
+class ImageEncoder(nn.Module):
+    """ResNet image encoder giving a global vector and a local region grid.
+
+    Args:
+        name: ``resnet18`` | ``resnet34`` | ``resnet50``.
+        weights: optional path to a torchvision-format ImageNet state dict, loaded strictly.
+
+    Forward:
+        images: (B, 1, H, W) intensities in [0, 1].
+        returns ``global`` (B, C4) pooled ``layer4`` features and ``local`` (B, C3, h, w) ``layer3``
+        features (h = H/16), the grid whose cells are the "regions" of local matching.
+    """
+
+    def __init__(self, name: str = "resnet18", weights: str | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = build_resnet(name)
+        _, _, self.local_channels, self.global_channels = RESNET_SPECS[name]
+        weights = as_optional_path(weights)
+        if weights is not None:
+            load_torchvision_weights(self.backbone, weights)
+        self.register_buffer("mean", torch.tensor(GRAY_MEAN), persistent=False)
+        self.register_buffer("std", torch.tensor(GRAY_STD), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        net = self.backbone
+        x = (images - self.mean) / self.std
+        x = net.act(net.bn1(net.conv1(x)))
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        x = net.layer2(net.layer1(x))
+        local = net.layer3(x)
+        deep = net.layer4(local)
+        return {"global": F.adaptive_avg_pool2d(deep, 1).flatten(1), "local": local}

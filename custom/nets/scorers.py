@@ -1,0 +1,223 @@
+"""Pair scores S(i, j) from local matchings: GLoRIA pooling and RECLF's relation-enhanced score.
+
+A scorer turns region features V (B_i, R, D), position codes P (R, Dp) and word features
+E (B_t, T, D) with a word mask into local similarities for
+- all B_i x B_t pairs (:meth:`LocalScorer.score_all`), the report axis processed in chunks, each
+  chunk under activation checkpointing so that autograd memory is bounded by one chunk; or
+- the positive plus the K hardest negatives per image and per report
+  (:meth:`LocalScorer.score_topk`), O(B·K) pairs.
+Subclasses implement :meth:`score_groups` on the group layout of :mod:`custom.nets.matching`.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .matching import attend, region_attention, word_region_similarity
+from .relations import ImportanceRelationModule, SemanticRelationModule
+from .scales import LogScale
+
+
+class LocalScorer(nn.Module):
+    """Shared batching logic: chunks, activation checkpointing and top-K candidate selection.
+
+    Args:
+        chunk_pairs: approximate number of image/report pairs computed at once.
+        checkpoint_chunks: recompute each chunk in backward instead of storing its activations.
+    """
+
+    def __init__(self, chunk_pairs: int = 512, checkpoint_chunks: bool = True) -> None:
+        super().__init__()
+        self.chunk_pairs = max(1, int(chunk_pairs))
+        self.checkpoint_chunks = bool(checkpoint_chunks)
+
+    def score_groups(self, regions, positions, words, word_mask, details: bool = False):
+        """(G, Nv, R, D), (R, Dp), (G, Ne, T, D), (G, Ne, T) -> S (G, Nv, Ne) [, details]."""
+        raise NotImplementedError
+
+    def _run(self, regions, positions, words, word_mask, chunked: bool = True) -> torch.Tensor:
+        # recomputation only pays when there are several chunks: one chunk is already the bound
+        if chunked and self.checkpoint_chunks and torch.is_grad_enabled():
+            return checkpoint(self.score_groups, regions, positions, words, word_mask, use_reentrant=False)
+        return self.score_groups(regions, positions, words, word_mask)
+
+    def score_all(
+        self, regions: torch.Tensor, positions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """S for every image × report: regions (B_i, R, D), words (B_t, T, D) -> (B_i, B_t)."""
+        n_img, n_txt = regions.shape[0], words.shape[0]
+        step = max(1, self.chunk_pairs // max(n_img, 1))
+        chunked = step < n_txt
+        cols = [
+            self._run(regions.unsqueeze(0), positions, words[None, j : j + step], word_mask[None, j : j + step], chunked)[0]
+            for j in range(0, n_txt, step)
+        ]
+        return torch.cat(cols, dim=1)
+
+    def score_pairs_grouped(
+        self, regions: torch.Tensor, positions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores inside G independent groups: (G, Nv, R, D) x (G, Ne, T, D) -> (G, Nv, Ne), chunked over G."""
+        per_group = regions.shape[1] * words.shape[1]
+        step = max(1, self.chunk_pairs // max(per_group, 1))
+        chunked = step < regions.shape[0]
+        parts = [
+            self._run(regions[g : g + step], positions, words[g : g + step], word_mask[g : g + step], chunked)
+            for g in range(0, regions.shape[0], step)
+        ]
+        return torch.cat(parts, dim=0)
+
+    def score_topk(
+        self,
+        regions: torch.Tensor,
+        positions: torch.Tensor,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        global_similarity: torch.Tensor,
+        same_report: torch.Tensor,
+        k: int,
+    ) -> dict[str, torch.Tensor]:
+        """Positive + K hardest negatives per image (row) and per report (column).
+
+        Candidates are the top-K of the *detached* global similarity in each row / column;
+        duplicates of the positive (identical reports) are excluded, never used as negatives.
+
+        Args:
+            regions (B, R, D), words (B, T, D), word_mask (B, T): the pairs i↔i are positives.
+            global_similarity: (B, B) image × report similarity (detached here).
+            same_report: (B, B) bool, True where reports i and j are identical (incl. diagonal).
+            k: number of negatives.
+
+        Returns:
+            ``row_scores``/``col_scores`` (B, 1 + K') with the positive in column 0, and
+            ``row_valid``/``col_valid`` (B, 1 + K') masks (False where fewer than K negatives exist).
+        """
+        b = regions.shape[0]
+        k = max(1, min(int(k), b - 1))
+        sim = global_similarity.detach().masked_fill(same_report, float("-inf"))
+        idx = torch.arange(b, device=regions.device).unsqueeze(1)
+        row_val, row_neg = sim.topk(k, dim=1)  # hardest reports per image
+        col_val, col_neg = sim.t().topk(k, dim=1)  # hardest images per report
+        row_idx = torch.cat([idx, row_neg], dim=1)  # (B, 1+K) report indices
+        col_idx = torch.cat([idx, col_neg], dim=1)  # (B, 1+K) image indices
+        row_scores = self.score_pairs_grouped(regions.unsqueeze(1), positions, words[row_idx], word_mask[row_idx])
+        col_scores = self.score_pairs_grouped(
+            regions[col_idx], positions, words.unsqueeze(1), word_mask.unsqueeze(1)
+        )
+        ones = torch.ones(b, 1, dtype=torch.bool, device=regions.device)
+        return {
+            "row_scores": row_scores[:, 0, :],
+            "col_scores": col_scores[:, :, 0],
+            "row_valid": torch.cat([ones, torch.isfinite(row_val)], dim=1),
+            "col_valid": torch.cat([ones, torch.isfinite(col_val)], dim=1),
+        }
+
+
+class GloriaPoolingScorer(LocalScorer):
+    """GLoRIA's local similarity (the baseline RECLF improves on).
+
+    α = softmax_r(s_att · softmax_k(<e_k, v_r>)) as GLoRIA's released code orders it;
+    S = (1/γ) log Σ_k exp(γ s_k) (``pooling='sum'``) or (1/γ) log mean_k exp(γ s_k) (``'mean'``,
+    which does not grow with report length).
+
+    Args:
+        attention_scale: s_att (GLoRIA: 4). pooling_scale: γ (GLoRIA: 5).
+        pooling: ``sum`` | ``mean``. learn_scales: learn the scales (GLoRIA keeps them fixed).
+    """
+
+    def __init__(
+        self,
+        attention_scale: float = 4.0,
+        pooling_scale: float = 5.0,
+        pooling: str = "sum",
+        learn_scales: bool = False,
+        chunk_pairs: int = 512,
+        checkpoint_chunks: bool = True,
+    ) -> None:
+        super().__init__(chunk_pairs, checkpoint_chunks)
+        if pooling not in ("sum", "mean"):
+            raise ValueError(f"gloria_pooling must be 'sum' or 'mean', got {pooling!r}")
+        self.pooling = pooling
+        self.attention_scale = LogScale(attention_scale, learnable=learn_scales)
+        self.pooling_scale = LogScale(pooling_scale, learnable=learn_scales)
+
+    def score_groups(self, regions, positions, words, word_mask, details: bool = False):
+        alpha = region_attention(regions, words, word_mask, self.attention_scale(), mode="gloria")
+        context, _ = attend(alpha, regions)
+        sim = word_region_similarity(context, words)  # (G, Nv, Ne, T)
+        gamma = self.pooling_scale()
+        mask = word_mask.unsqueeze(1)
+        pooled = torch.logsumexp((gamma * sim).masked_fill(~mask, float("-inf")), dim=-1)
+        if self.pooling == "mean":
+            pooled = pooled - torch.log(mask.sum(-1).clamp_min(1).to(pooled.dtype))
+        score = pooled / gamma
+        if details:
+            return score, {"attention": alpha, "word_similarity": sim}
+        return score
+
+
+class RelationScorer(LocalScorer):
+    """RECLF's relation-enhanced local similarity.
+
+    m_ijk = φ([ĉ ⊙ ê, |ĉ − ê|, P_ijk]); m' = SRM(m) (or m); β = IRM(m', e) (or uniform);
+    S(i, j) = Σ_k β_ijk (s_ijk + w · m'_ijk), w initialised N(0, 1e-2) so that SRM receives
+    gradient from the first step.
+
+    Args:
+        local_dim: D of the region/word features. position_dim: Dp of the position codes.
+        match_dim: D_m of the matching features.
+        srm, irm: the two relation modules (off: m' = m; uniform β over valid words).
+        srm_layers, srm_heads, srm_word_bias: SRM size and whether it sees word–word similarity.
+        attention_scale: s_att of α = softmax_r(s_att · cos(e, v)); learnable if ``learn_scales``.
+    """
+
+    def __init__(
+        self,
+        local_dim: int = 128,
+        position_dim: int = 32,
+        match_dim: int = 64,
+        srm: bool = True,
+        irm: bool = True,
+        srm_layers: int = 1,
+        srm_heads: int = 2,
+        srm_word_bias: bool = True,
+        attention_scale: float = 4.0,
+        learn_scales: bool = True,
+        chunk_pairs: int = 512,
+        checkpoint_chunks: bool = True,
+    ) -> None:
+        super().__init__(chunk_pairs, checkpoint_chunks)
+        self.attention_scale = LogScale(attention_scale, learnable=learn_scales)
+        self.match_feature = nn.Sequential(
+            nn.Linear(2 * local_dim + position_dim, match_dim), nn.GELU(), nn.Linear(match_dim, match_dim)
+        )
+        self.srm = SemanticRelationModule(match_dim, srm_layers, srm_heads, srm_word_bias) if srm else None
+        self.irm = ImportanceRelationModule(match_dim, local_dim) if irm else None
+        self.score_head = nn.Linear(match_dim, 1, bias=False)
+        nn.init.normal_(self.score_head.weight, std=1e-2)
+
+    def score_groups(self, regions, positions, words, word_mask, details: bool = False):
+        alpha = region_attention(regions, words, word_mask, self.attention_scale(), mode="cosine")
+        context, attended_pos = attend(alpha, regions, positions)
+        c_hat = F.normalize(context, dim=-1)
+        e_hat = F.normalize(words, dim=-1)
+        sim = (c_hat * e_hat.unsqueeze(1)).sum(-1)  # s_ijk, (G, Nv, Ne, T)
+        e_b = e_hat.unsqueeze(1).expand_as(c_hat)
+        matchings = self.match_feature(torch.cat([c_hat * e_b, (c_hat - e_b).abs(), attended_pos], dim=-1))
+        key_mask = word_mask.unsqueeze(1)  # (G, 1, Ne, T): broadcasts over images
+        srm_attn = None
+        if self.srm is not None:
+            word_sim = torch.matmul(e_hat, e_hat.transpose(-1, -2)).unsqueeze(1)  # (G, 1, Ne, T, T)
+            matchings, srm_attn = self.srm(matchings, key_mask, word_sim)
+        if self.irm is not None:
+            weights = self.irm(matchings, words, word_mask)
+        else:
+            weights = key_mask.to(sim.dtype) / key_mask.sum(-1, keepdim=True).clamp_min(1)
+        score = (weights * (sim + self.score_head(matchings).squeeze(-1))).sum(-1)
+        if details:
+            return score, {"attention": alpha, "word_similarity": sim, "importance": weights, "srm_attention": srm_attn}
+        return score

@@ -1,0 +1,144 @@
+"""Report text: normalisation, tokenizer preparation (local HF folder or WordPiece trained on the
+training reports) and the tokenisation that maps sub-word tokens to word indices."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import string
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .utils import as_optional_path
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_PUNCT = set(string.punctuation)
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_report(text: str) -> str:
+    """Lower-case, collapse whitespace: two reports equal after this are the same positive."""
+    return _SPACES.sub(" ", str(text).strip().lower())
+
+
+def report_key(text: str) -> int:
+    """A stable 63-bit integer id of the normalised report (identical reports share it)."""
+    digest = hashlib.blake2b(normalize_report(text).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def train_wordpiece(reports: Iterable[str], vocab_size: int = 2000, min_frequency: int = 2):
+    """Train a lower-casing BERT WordPiece tokenizer on ``reports`` (offline default text side)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=int(vocab_size), min_frequency=int(min_frequency), special_tokens=SPECIAL_TOKENS
+    )
+    tok.train_from_iterator(list(reports), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tok.decoder = decoders.WordPiece()
+    return BertTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True,
+    )
+
+
+def prepare_tokenizer(
+    text_encoder: str | None,
+    reports: Sequence[str] | None,
+    save_dir: str,
+    init_ckpt: str | None = None,
+    reuse_saved: bool = False,
+    vocab_size: int = 2000,
+):
+    """Return the tokenizer a run uses and save it to ``save_dir`` (part of the checkpoint).
+
+    Priority: ``init_ckpt``'s ``text/`` folder (the weights were trained with it) > a local Hugging
+    Face folder ``text_encoder`` > ``save_dir`` when resuming (``reuse_saved``) > a WordPiece
+    vocabulary trained on ``reports``. Nothing is downloaded: paths must exist locally.
+    """
+    from transformers import AutoTokenizer
+
+    init_ckpt = as_optional_path(init_ckpt)
+    text_encoder = as_optional_path(text_encoder)
+    if init_ckpt is not None:
+        source = os.path.join(os.path.dirname(os.path.abspath(init_ckpt)), "text")
+        if not os.path.isdir(source):
+            raise FileNotFoundError(f"init_ckpt {init_ckpt!r} has no text/ folder beside it (not a reclf checkpoint?)")
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    elif text_encoder is not None:
+        if not os.path.isdir(text_encoder):
+            raise FileNotFoundError(
+                f"text_encoder {text_encoder!r} is not a local folder: give the path of a downloaded "
+                "Hugging Face model (e.g. Bio_ClinicalBERT), or '' for the built-in small BERT"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(text_encoder, local_files_only=True)
+    elif reuse_saved and os.path.isfile(os.path.join(save_dir, "tokenizer.json")):
+        tokenizer = AutoTokenizer.from_pretrained(save_dir, local_files_only=True)
+    else:
+        if not reports:
+            raise ValueError("no training reports to build a vocabulary from: check the datalist")
+        tokenizer = train_wordpiece(reports, vocab_size=vocab_size)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("the tokenizer must be a fast (Rust) tokenizer: word alignment needs word_ids()")
+    from .distributed import is_main_process
+
+    if is_main_process():  # every rank builds the same tokenizer; one writes it
+        tokenizer.save_pretrained(save_dir)
+    return tokenizer
+
+
+def encode_reports(tokenizer, reports: Sequence[str], max_length: int = 128) -> dict[str, np.ndarray]:
+    """Tokenise reports and map every token to the index of the word it belongs to.
+
+    Returns ``input_ids`` and ``attention_mask`` (N, L) and ``word_ids`` (N, L) with -1 for special
+    tokens, padding and punctuation-only words (which carry no finding or location), word
+    indices renumbered 0..W-1 per report. Padded to the longest report (at most ``max_length``).
+    """
+    enc = tokenizer(
+        [normalize_report(r) for r in reports], max_length=int(max_length), truncation=True,
+        padding="longest", return_offsets_mapping=True,
+    )
+    input_ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    word_ids = np.full(input_ids.shape, -1, dtype=np.int64)
+    for n, text in enumerate(reports):
+        text = normalize_report(text)
+        remap: dict[int, int] = {}
+        for t, w in enumerate(enc.word_ids(n)):
+            if w is None:
+                continue
+            if w not in remap:
+                start, end = enc.word_to_chars(n, w)
+                keep = not all(ch in _PUNCT for ch in text[start:end])
+                remap[w] = sum(v >= 0 for v in remap.values()) if keep else -1
+            word_ids[n, t] = remap[w]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int64),
+        "word_ids": word_ids,
+    }
+
+
+def report_words(tokenizer, report: str, max_length: int = 128) -> list[str]:
+    """The words (as the encoder sees them, punctuation dropped) of one report, for displays."""
+    text = normalize_report(report)
+    enc = tokenizer([text], max_length=int(max_length), truncation=True, return_offsets_mapping=True)
+    words: list[str] = []
+    seen: set[int] = set()
+    for w in enc.word_ids(0):
+        if w is None or w in seen:
+            continue
+        seen.add(w)
+        start, end = enc.word_to_chars(0, w)
+        if not all(ch in _PUNCT for ch in text[start:end]):
+            words.append(text[start:end])
+    return words
