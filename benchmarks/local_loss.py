@@ -177,15 +177,18 @@ def run_case(case: str, batch: int, threads: int, repeats: int, chunk_pairs: int
     torch.manual_seed(0)
     step, config = build_step(case, batch, chunk_pairs)
     rss_before, maxrss_before = _rss_mib(), _maxrss_mib()
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     for it in range(1 + repeats):  # the first run is the warm-up
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         losses.append(step())
         if it > 0:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     return {
         "case": case, "batch": batch, "threads": threads, "repeats": repeats, "config": config,
         "time_s": statistics.median(times), "times_s": times,
+        # CPU seconds of all threads: with 1 thread, robust to other processes sharing the cores
+        "cpu_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
         "peak_mib": _maxrss_mib() - maxrss_before,
         "rss_before_mib": rss_before, "maxrss_before_mib": maxrss_before, "loss": losses[-1],
         "chunk_override": chunk_pairs is not None,  # not RECLFModel's default configuration
@@ -218,22 +221,27 @@ def _ratio(result: dict, reference: dict | None, key: str) -> float | None:
     return result[key] / reference[key]
 
 
+def _fmt(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.3f}"
+
+
 def format_table(results: list[dict]) -> str:
     """Rows: case × batch, with time/memory ratios to the GLoRIA loop at the same batch size."""
     refs = {r["batch"]: r for r in results if r["case"] == "gloria_loop" and "error" not in r}
-    head = f"{'case':<12} {'B':>4} {'chunk':>6} {'time s':>8} {'(min-max)':>15} {'peak MiB':>9} {'time/ref':>9} {'mem/ref':>8}"
+    head = (f"{'case':<12} {'B':>4} {'chunk':>6} {'time s':>8} {'(min-max)':>15} {'cpu s':>8} {'peak MiB':>9} "
+            f"{'time/ref':>9} {'cpu/ref':>8} {'mem/ref':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
         if "error" in r:
             lines.append(f"{r['case']:<12} {r['batch']:>4}  FAILED: {r['error'].splitlines()[-1] if r['error'] else ''}")
             continue
         ref = refs.get(r["batch"])
-        tr, mr = _ratio(r, ref, "time_s"), _ratio(r, ref, "peak_mib")
+        tr, cr, mr = (_ratio(r, ref, key) for key in ("time_s", "cpu_s", "peak_mib"))
         chunk = r["config"].get("chunk_pairs", "-")
         spread = f"({min(r['times_s']):.2f}-{max(r['times_s']):.2f})"
         lines.append(
-            f"{r['case']:<12} {r['batch']:>4} {chunk!s:>6} {r['time_s']:>8.3f} {spread:>15} {r['peak_mib']:>9.0f} "
-            f"{'-' if tr is None else f'{tr:.3f}':>9} {'-' if mr is None else f'{mr:.3f}':>8}"
+            f"{r['case']:<12} {r['batch']:>4} {chunk!s:>6} {r['time_s']:>8.3f} {spread:>15} {r['cpu_s']:>8.3f} "
+            f"{r['peak_mib']:>9.0f} {_fmt(tr):>9} {_fmt(cr):>8} {_fmt(mr):>8}"
         )
     return "\n".join(lines)
 
@@ -294,8 +302,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nlocal loss, forward+backward: R={REGIONS} regions, T={WORDS} word slots (lengths {MIN_WORDS}..{WORDS}), "
           f"{FEATURES}-d features, {args.threads} threads, median of {args.repeats} after a warm-up "
-          f"(B=128: {args.big_repeats}); peak = ru_maxrss increase")
+          f"(B=128: {args.big_repeats}); peak = ru_maxrss increase; cpu = process CPU seconds (all threads)")
     print(f"load average at start / end: {load_start[0]:.2f} / {load_end[0]:.2f} on {os.cpu_count()} CPUs")
+    if args.threads > 1 and max(load_start[0], load_end[0]) > (os.cpu_count() or 1) - args.threads + 1.5:
+        # an OpenMP op with several threads waits for its slowest thread: when another process holds
+        # a core, wall times inflate several-fold and erratically (measured here: 2-10x)
+        print("WARNING: other processes share these CPUs; wall times with --threads > 1 are unreliable. "
+              "Compare 'cpu s' from a --threads 1 run.")
     print(format_table(results))
     checks = check_targets(results)
     print(f"\ntargets at B={TARGET_BATCH} (ratio to gloria_loop measured in this run):")

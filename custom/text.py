@@ -30,18 +30,33 @@ def report_key(text: str) -> int:
 
 
 def train_wordpiece(reports: Iterable[str], vocab_size: int = 2000, min_frequency: int = 2):
-    """Train a lower-casing BERT WordPiece tokenizer on ``reports`` (offline default text side)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Build a lower-casing BERT WordPiece tokenizer from ``reports`` (the offline text default).
+
+    The vocabulary is the special tokens, every character seen (word-initial and ``##``
+    continuation, so nothing is ever [UNK]) and the most frequent whole words (ties broken
+    alphabetically) up to ``vocab_size``. ``tokenizers``' own WordPiece trainer breaks ties in
+    hash-map order, so two runs on the same reports gave different vocabularies, and an exactly
+    reproducible (resumable) run needs the same token ids every time.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=int(vocab_size), min_frequency=int(min_frequency), special_tokens=SPECIAL_TOKENS
-    )
-    tok.train_from_iterator(list(reports), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for report in reports:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(str(report))))
+    chars = sorted({ch for word in counts for ch in word})
+    base = SPECIAL_TOKENS + chars + [f"##{ch}" for ch in chars]
+    words = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= int(min_frequency)]
+    words = [w for w in words if w not in set(base)][: max(0, int(vocab_size) - len(base))]
+    vocab = {token: i for i, token in enumerate(base + words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )

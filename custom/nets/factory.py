@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..utils import as_optional_path
+from ..utils import as_bool, as_optional_path
 from .image_encoder import ImageEncoder
 from .reclf import RECLFModel
 from .text_encoder import TextEncoder, build_text_model, build_text_model_from_config
@@ -23,6 +23,7 @@ def build_reclf_model(
     image_weights: str | None = None,
     text_encoder: str | None = None,
     text_config: dict[str, Any] | None = None,
+    text_pooling: str = "mean",
     init_ckpt: str | None = None,
     **model_args: Any,
 ) -> RECLFModel:
@@ -33,6 +34,7 @@ def build_reclf_model(
         image_encoder: ``resnet18`` | ``resnet50`` ...; image_weights: torchvision state dict path.
         text_encoder: local Hugging Face folder, or ''/None for a small BERT from config.
         text_config: overrides of the small BERT (hidden_size, num_hidden_layers, ...).
+        text_pooling: report vector from the ``mean`` of word states or the ``cls`` token.
         init_ckpt: a previous pretraining ``model.pt`` to start from (loaded strictly).
         model_args: :class:`RECLFModel` keyword arguments (objective, srm, irm, ...).
 
@@ -42,19 +44,28 @@ def build_reclf_model(
     unknown = set(model_args) - set(MODEL_ARGS)
     if unknown:
         raise TypeError(f"unknown model arguments {sorted(unknown)}; expected a subset of {list(MODEL_ARGS)}")
+    model_args = {k: _plain(k, v) for k, v in model_args.items()}
     image = ImageEncoder(image_encoder, weights=None if as_optional_path(init_ckpt) else image_weights)
-    text = TextEncoder(build_text_model(text_encoder, tokenizer, **(text_config or {})))
+    text = TextEncoder(build_text_model(text_encoder, tokenizer, **(text_config or {})), pooling=text_pooling)
     model = RECLFModel(image, text, **model_args)
-    model.build_config = {"image_encoder": image_encoder, "model": {k: _plain(v) for k, v in model_args.items()}}
+    model.build_config = {"image_encoder": image_encoder, "text_pooling": text_pooling, "model": model_args}
     init_ckpt = as_optional_path(init_ckpt)
     if init_ckpt is not None:
         load_state_dict_strict(model, init_ckpt)
     return model
 
 
-def _plain(value: Any) -> Any:
-    """JSON-friendly value (config strings such as 'false' are kept as given; the model coerces)."""
-    return value.item() if isinstance(value, torch.Tensor) else value
+_BOOL_ARGS = ("srm", "irm", "srm_word_bias", "learn_scales", "checkpoint_chunks")
+
+
+def _plain(name: str, value: Any) -> Any:
+    """A JSON-friendly, already-coerced value: ``model.json`` records what was built
+    (``--srm false`` arrives as the string 'false'; it is stored as false)."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if name in _BOOL_ARGS:
+        return as_bool(value, name)
+    return value
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -105,8 +116,11 @@ def load_pretrained(ckpt: str, device: str | torch.device = "cpu"):
         meta = json.load(f)
     text_dir = os.path.join(directory, meta.get("text", "text"))
     tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
-    text = TextEncoder(build_text_model_from_config(AutoConfig.from_pretrained(text_dir, local_files_only=True)))
+    text = TextEncoder(
+        build_text_model_from_config(AutoConfig.from_pretrained(text_dir, local_files_only=True)),
+        pooling=meta.get("text_pooling", "mean"),
+    )
     model = RECLFModel(ImageEncoder(meta["image_encoder"]), text, **meta["model"])
-    model.build_config = {"image_encoder": meta["image_encoder"], "model": meta["model"]}
+    model.build_config = {k: meta[k] for k in ("image_encoder", "text_pooling", "model") if k in meta}
     load_state_dict_strict(model, ckpt)
     return model.to(device).eval(), tokenizer
