@@ -120,7 +120,7 @@ def build_step(case: str, batch: int, chunk_pairs: int | None):
     if case == "gloria_ours":
         modules["scorer"] = GloriaPoolingScorer(
             cfg["attention_scale"], cfg["pooling_scale"], cfg["gloria_pooling"], learn_scales=cfg["learn_scales"],
-            chunk_pairs=cfg["chunk_pairs"], checkpoint_chunks=cfg["checkpoint_chunks"],
+            chunk_pairs=cfg.get("chunk_pairs"), checkpoint_chunks=cfg["checkpoint_chunks"],
         )
     elif case in ("reclf_all", "reclf_topk"):
         modules["position_code"] = GridPositionCode(cfg["position_dim"])
@@ -129,7 +129,7 @@ def build_step(case: str, batch: int, chunk_pairs: int | None):
             local_dim, cfg["position_dim"], cfg["match_dim"], srm=cfg["srm"], irm=cfg["irm"],
             srm_layers=cfg["srm_layers"], srm_heads=cfg["srm_heads"], srm_word_bias=cfg["srm_word_bias"],
             attention_scale=cfg["attention_scale"], learn_scales=cfg["learn_scales"],
-            chunk_pairs=cfg["chunk_pairs"], checkpoint_chunks=cfg["checkpoint_chunks"],
+            chunk_pairs=cfg.get("chunk_pairs"), checkpoint_chunks=cfg["checkpoint_chunks"],
         )
     else:
         raise ValueError(f"unknown case {case!r}; expected one of {CASES}")

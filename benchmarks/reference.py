@@ -143,7 +143,7 @@ def gloria_pair_score(scorer: nn.Module, v: torch.Tensor, e: torch.Tensor, mask:
 
     a_rk = <e_k, v_r> (raw dot); softmax over the valid words k per region; × attention scale;
     softmax over regions; c_k = Σ_r α_rk v_r; s_k = cos(c_k, e_k);
-    S = (1/γ) log Σ_k exp(γ s_k) (``pooling == 'sum'``) or (1/γ) log mean_k exp(γ s_k) (``'mean'``).
+    S = log Σ_k exp(γ s_k) (``pooling == 'sum'``) or log mean_k exp(γ s_k) (``'mean'``), no 1/γ as in GLoRIA's code.
 
     Args:
         scorer: a ``GloriaPoolingScorer`` (scales and ``pooling`` are read off it).
@@ -160,7 +160,7 @@ def gloria_pair_score(scorer: nn.Module, v: torch.Tensor, e: torch.Tensor, mask:
     pooled = torch.log(torch.exp(gamma * s).sum())
     if scorer.pooling == "mean":
         pooled = pooled - math.log(n_words)
-    return pooled / gamma
+    return pooled  # GLoRIA's released code: no 1/γ
 
 
 # ---------------------------------------------------------------------------------------------

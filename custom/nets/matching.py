@@ -43,20 +43,20 @@ def region_attention(
             ``gloria``: α = softmax_r(scale · softmax_k(<e_k, v_r>)), GLoRIA's released order.
 
     Returns:
-        α with shape (G, Nv, R, Ne, T), normalised over R (dim 2).
+        α with shape (G, Nv, Ne·T, R), normalised over the last (contiguous) axis R.
     """
     g, nv, r, d = regions.shape
     ne, t = words.shape[1], words.shape[2]
     if mode == "cosine":
-        regions, words = F.normalize(regions, dim=-1), F.normalize(words, dim=-1)
-    # one GEMM per group: (G, Nv·R, D) @ (G, D, Ne·T)
-    logits = torch.matmul(regions.reshape(g, nv * r, d), words.reshape(g, ne * t, d).transpose(1, 2))
-    logits = logits.view(g, nv, r, ne, t)
-    if mode == "gloria":
-        logits = masked_softmax(logits, word_mask.view(g, 1, 1, ne, t), dim=-1)
-    elif mode != "cosine":
+        # the scale multiplies the small word tensor, not the (Nv·Ne·T·R) logits
+        query = (scale * F.normalize(words, dim=-1)).reshape(g, 1, ne * t, d)
+        logits = torch.matmul(query, F.normalize(regions, dim=-1).transpose(-1, -2))  # (G, Nv, Ne·T, R)
+        return torch.softmax(logits, dim=-1)
+    if mode != "gloria":
         raise ValueError(f"attention mode must be 'cosine' or 'gloria', got {mode!r}")
-    return torch.softmax(logits * scale, dim=2)
+    logits = torch.matmul(words.reshape(g, 1, ne * t, d), regions.transpose(-1, -2)).view(g, nv, ne, t, r)
+    over_words = masked_softmax(logits, word_mask.view(g, 1, ne, t, 1), dim=3)
+    return torch.softmax(scale * over_words.view(g, nv, ne * t, r), dim=-1)
 
 
 def attend(
@@ -65,21 +65,18 @@ def attend(
     """Attention-weighted region context c_ijk (and attended position P_ijk).
 
     Args:
-        attention: (G, Nv, R, Ne, T) from :func:`region_attention`.
+        attention: (G, Nv, Ne·T, R) from :func:`region_attention`.
         regions: (G, Nv, R, D).
         positions: optional (R, Dp) position codes p_r.
 
     Returns:
-        context (G, Nv, Ne, T, D) and positions (G, Nv, Ne, T, Dp) or None.
+        context (G, Nv, Ne·T, D) and positions (G, Nv, Ne·T, Dp) or None.
     """
-    g, nv, r, ne, t = attention.shape
-    d = regions.shape[-1]
+    g, nv, r, d = regions.shape
     values = regions
     if positions is not None:
         values = torch.cat([regions, positions.to(regions.dtype).expand(g, nv, r, -1)], dim=-1)
-    # (G, Nv, Ne·T, R) @ (G, Nv, R, D [+Dp]): the transpose is a stride trick, not a copy
-    mixed = torch.matmul(attention.reshape(g, nv, r, ne * t).transpose(-1, -2), values)
-    mixed = mixed.view(g, nv, ne, t, -1)
+    mixed = torch.matmul(attention, values)  # (G, Nv, Ne·T, D [+Dp])
     if positions is None:
         return mixed, None
     return mixed[..., :d], mixed[..., d:]

@@ -59,7 +59,8 @@ class RECLFModel(nn.Module):
         topk: K.
         global_scale, local_scale, attention_scale, pooling_scale: initial scales
             (1/0.07, 10, 4, 5). learn_scales: learn them (clamped to [1, 100]).
-        chunk_pairs, checkpoint_chunks: memory bound of the local term.
+        chunk_pairs, chunk_elements, checkpoint_chunks: memory bound of the local term (pairs per
+            chunk, or by default as many as fit pairs × regions × words ≤ ``chunk_elements``).
 
     Forward (training): images (B, 1, H, W), input_ids / attention_mask / word_ids (B, L),
     report_ids (B,) integer keys of the normalised reports. Returns a dict with
@@ -89,7 +90,8 @@ class RECLFModel(nn.Module):
         attention_scale: float = 4.0,
         pooling_scale: float = 5.0,
         learn_scales: bool | str = True,
-        chunk_pairs: int = 512,
+        chunk_pairs: int | None = None,
+        chunk_elements: int = 2**21,
         checkpoint_chunks: bool | str = True,
     ) -> None:
         super().__init__()
@@ -114,13 +116,13 @@ class RECLFModel(nn.Module):
                     local_dim, position_dim, match_dim, srm=as_bool(srm, "srm"), irm=as_bool(irm, "irm"),
                     srm_layers=srm_layers, srm_heads=srm_heads, srm_word_bias=as_bool(srm_word_bias, "srm_word_bias"),
                     attention_scale=attention_scale, learn_scales=learn_scales, chunk_pairs=chunk_pairs,
-                    checkpoint_chunks=as_bool(checkpoint_chunks, "checkpoint_chunks"),
+                    checkpoint_chunks=as_bool(checkpoint_chunks, "checkpoint_chunks"), chunk_elements=chunk_elements,
                 )
             else:
                 self.scorer = GloriaPoolingScorer(
                     attention_scale, pooling_scale, as_choice(gloria_pooling, ("sum", "mean"), "gloria_pooling"),
                     learn_scales=learn_scales, chunk_pairs=chunk_pairs,
-                    checkpoint_chunks=as_bool(checkpoint_chunks, "checkpoint_chunks"),
+                    checkpoint_chunks=as_bool(checkpoint_chunks, "checkpoint_chunks"), chunk_elements=chunk_elements,
                 )
 
     # ---- towers -------------------------------------------------------------------------

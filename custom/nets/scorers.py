@@ -26,14 +26,24 @@ class LocalScorer(nn.Module):
     """Shared batching logic: chunks, activation checkpointing and top-K candidate selection.
 
     Args:
-        chunk_pairs: approximate number of image/report pairs computed at once.
+        chunk_pairs: image/report pairs computed at once; 0/None sizes chunks by ``chunk_elements``.
+        chunk_elements: budget of pairs × regions × words per chunk (the size of the attention
+            tensor), so that memory is bounded whatever the grid size and report length.
         checkpoint_chunks: recompute each chunk in backward instead of storing its activations.
     """
 
-    def __init__(self, chunk_pairs: int = 512, checkpoint_chunks: bool = True) -> None:
+    def __init__(
+        self, chunk_pairs: int | None = None, checkpoint_chunks: bool = True, chunk_elements: int = 2**21
+    ) -> None:
         super().__init__()
-        self.chunk_pairs = max(1, int(chunk_pairs))
+        self.chunk_pairs = int(chunk_pairs) if chunk_pairs else 0
+        self.chunk_elements = max(1, int(chunk_elements))
         self.checkpoint_chunks = bool(checkpoint_chunks)
+
+    def _pairs_per_chunk(self, regions: int, words: int) -> int:
+        if self.chunk_pairs > 0:
+            return self.chunk_pairs
+        return max(1, self.chunk_elements // max(1, regions * words))
 
     def score_groups(self, regions, positions, words, word_mask, details: bool = False):
         """(G, Nv, R, D), (R, Dp), (G, Ne, T, D), (G, Ne, T) -> S (G, Nv, Ne) [, details]."""
@@ -48,22 +58,36 @@ class LocalScorer(nn.Module):
     def score_all(
         self, regions: torch.Tensor, positions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
     ) -> torch.Tensor:
-        """S for every image × report: regions (B_i, R, D), words (B_t, T, D) -> (B_i, B_t)."""
+        """S for every image × report: regions (B_i, R, D), words (B_t, T, D) -> (B_i, B_t).
+
+        Reports are sorted by length and each chunk is trimmed to its own longest report, so
+        padding costs almost nothing.
+        """
         n_img, n_txt = regions.shape[0], words.shape[0]
-        step = max(1, self.chunk_pairs // max(n_img, 1))
+        slots = torch.arange(1, word_mask.shape[1] + 1, device=word_mask.device)
+        extent = (word_mask * slots).amax(-1)  # last valid word + 1 (masks need not be prefixes)
+        order = torch.argsort(extent, descending=True, stable=True)
+        extent_sorted = extent[order].tolist()
+        step = max(1, self._pairs_per_chunk(regions.shape[1], max(1, extent_sorted[0])) // max(n_img, 1))
         chunked = step < n_txt
-        cols = [
-            self._run(regions.unsqueeze(0), positions, words[None, j : j + step], word_mask[None, j : j + step], chunked)[0]
-            for j in range(0, n_txt, step)
-        ]
-        return torch.cat(cols, dim=1)
+        cols = []
+        for j in range(0, n_txt, step):
+            idx = order[j : j + step]
+            t = max(1, extent_sorted[j])
+            cols.append(
+                self._run(regions.unsqueeze(0), positions, words[idx, :t][None], word_mask[idx, :t][None], chunked)[0]
+            )
+        return torch.cat(cols, dim=1)[:, torch.argsort(order)]
 
     def score_pairs_grouped(
         self, regions: torch.Tensor, positions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
     ) -> torch.Tensor:
         """Scores inside G independent groups: (G, Nv, R, D) x (G, Ne, T, D) -> (G, Nv, Ne), chunked over G."""
         per_group = regions.shape[1] * words.shape[1]
-        step = max(1, self.chunk_pairs // max(per_group, 1))
+        slots = torch.arange(1, word_mask.shape[-1] + 1, device=word_mask.device)
+        t = max(1, int((word_mask * slots).amax()))  # trim padding shared by every group
+        words, word_mask = words[..., :t, :], word_mask[..., :t]
+        step = max(1, self._pairs_per_chunk(regions.shape[2], t) // max(per_group, 1))
         chunked = step < regions.shape[0]
         parts = [
             self._run(regions[g : g + step], positions, words[g : g + step], word_mask[g : g + step], chunked)
@@ -121,8 +145,9 @@ class GloriaPoolingScorer(LocalScorer):
     """GLoRIA's local similarity (the baseline RECLF improves on).
 
     α = softmax_r(s_att · softmax_k(<e_k, v_r>)) as GLoRIA's released code orders it;
-    S = (1/γ) log Σ_k exp(γ s_k) (``pooling='sum'``) or (1/γ) log mean_k exp(γ s_k) (``'mean'``,
-    which does not grow with report length).
+    S = log Σ_k exp(γ s_k) (``pooling='sum'``) or log mean_k exp(γ s_k) (``'mean'``, which does
+    not grow with report length). As in GLoRIA's released ``local_loss`` there is no 1/γ (DESIGN
+    §2 writes one; with it the ×10 logits would be 5× softer than GLoRIA's).
 
     Args:
         attention_scale: s_att (GLoRIA: 4). pooling_scale: γ (GLoRIA: 5).
@@ -135,10 +160,11 @@ class GloriaPoolingScorer(LocalScorer):
         pooling_scale: float = 5.0,
         pooling: str = "sum",
         learn_scales: bool = False,
-        chunk_pairs: int = 512,
+        chunk_pairs: int | None = None,
         checkpoint_chunks: bool = True,
+        chunk_elements: int = 2**21,
     ) -> None:
-        super().__init__(chunk_pairs, checkpoint_chunks)
+        super().__init__(chunk_pairs, checkpoint_chunks, chunk_elements)
         if pooling not in ("sum", "mean"):
             raise ValueError(f"gloria_pooling must be 'sum' or 'mean', got {pooling!r}")
         self.pooling = pooling
@@ -146,17 +172,20 @@ class GloriaPoolingScorer(LocalScorer):
         self.pooling_scale = LogScale(pooling_scale, learnable=learn_scales)
 
     def score_groups(self, regions, positions, words, word_mask, details: bool = False):
+        g, nv = regions.shape[:2]
+        ne, t = words.shape[1:3]
         alpha = region_attention(regions, words, word_mask, self.attention_scale(), mode="gloria")
         context, _ = attend(alpha, regions)
-        sim = word_region_similarity(context, words)  # (G, Nv, Ne, T)
+        sim = word_region_similarity(context.view(g, nv, ne, t, -1), words)  # (G, Nv, Ne, T)
         gamma = self.pooling_scale()
         mask = word_mask.unsqueeze(1)
+        # GLoRIA's released code: log Σ_k exp(γ s_k), *not* divided by γ, then ×10 on the logits
         pooled = torch.logsumexp((gamma * sim).masked_fill(~mask, float("-inf")), dim=-1)
         if self.pooling == "mean":
             pooled = pooled - torch.log(mask.sum(-1).clamp_min(1).to(pooled.dtype))
-        score = pooled / gamma
+        score = torch.where(mask.any(-1), pooled, torch.zeros_like(pooled))  # a report without words: 0
         if details:
-            return score, {"attention": alpha, "word_similarity": sim}
+            return score, {"attention": alpha.view(g, nv, ne, t, -1), "word_similarity": sim}
         return score
 
 
@@ -187,10 +216,11 @@ class RelationScorer(LocalScorer):
         srm_word_bias: bool = True,
         attention_scale: float = 4.0,
         learn_scales: bool = True,
-        chunk_pairs: int = 512,
+        chunk_pairs: int | None = None,
         checkpoint_chunks: bool = True,
+        chunk_elements: int = 2**21,
     ) -> None:
-        super().__init__(chunk_pairs, checkpoint_chunks)
+        super().__init__(chunk_pairs, checkpoint_chunks, chunk_elements)
         self.attention_scale = LogScale(attention_scale, learnable=learn_scales)
         self.match_feature = nn.Sequential(
             nn.Linear(2 * local_dim + position_dim, match_dim), nn.GELU(), nn.Linear(match_dim, match_dim)
@@ -201,8 +231,11 @@ class RelationScorer(LocalScorer):
         nn.init.normal_(self.score_head.weight, std=1e-2)
 
     def score_groups(self, regions, positions, words, word_mask, details: bool = False):
+        g, nv = regions.shape[:2]
+        ne, t = words.shape[1:3]
         alpha = region_attention(regions, words, word_mask, self.attention_scale(), mode="cosine")
         context, attended_pos = attend(alpha, regions, positions)
+        context, attended_pos = context.view(g, nv, ne, t, -1), attended_pos.view(g, nv, ne, t, -1)
         c_hat = F.normalize(context, dim=-1)
         e_hat = F.normalize(words, dim=-1)
         sim = (c_hat * e_hat.unsqueeze(1)).sum(-1)  # s_ijk, (G, Nv, Ne, T)
@@ -219,5 +252,6 @@ class RelationScorer(LocalScorer):
             weights = key_mask.to(sim.dtype) / key_mask.sum(-1, keepdim=True).clamp_min(1)
         score = (weights * (sim + self.score_head(matchings).squeeze(-1))).sum(-1)
         if details:
-            return score, {"attention": alpha, "word_similarity": sim, "importance": weights, "srm_attention": srm_attn}
+            attention = alpha.view(g, nv, ne, t, -1)
+            return score, {"attention": attention, "word_similarity": sim, "importance": weights, "srm_attention": srm_attn}
         return score
