@@ -16,7 +16,7 @@ from custom.nets.factory import build_reclf_model
 from custom.optim import warmup_scheduler
 from custom.text import prepare_tokenizer
 
-EPOCHS = 8
+EPOCHS = 10
 
 
 class EpochLoss:
