@@ -91,7 +91,7 @@ class RECLFModel(nn.Module):
         pooling_scale: float = 5.0,
         learn_scales: bool | str = True,
         chunk_pairs: int | None = None,
-        chunk_elements: int = 2**21,
+        chunk_elements: int = 2**22,
         checkpoint_chunks: bool | str = True,
     ) -> None:
         super().__init__()

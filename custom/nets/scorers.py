@@ -33,7 +33,7 @@ class LocalScorer(nn.Module):
     """
 
     def __init__(
-        self, chunk_pairs: int | None = None, checkpoint_chunks: bool = True, chunk_elements: int = 2**21
+        self, chunk_pairs: int | None = None, checkpoint_chunks: bool = True, chunk_elements: int = 2**22
     ) -> None:
         super().__init__()
         self.chunk_pairs = int(chunk_pairs) if chunk_pairs else 0
@@ -162,7 +162,7 @@ class GloriaPoolingScorer(LocalScorer):
         learn_scales: bool = False,
         chunk_pairs: int | None = None,
         checkpoint_chunks: bool = True,
-        chunk_elements: int = 2**21,
+        chunk_elements: int = 2**22,
     ) -> None:
         super().__init__(chunk_pairs, checkpoint_chunks, chunk_elements)
         if pooling not in ("sum", "mean"):
@@ -218,7 +218,7 @@ class RelationScorer(LocalScorer):
         learn_scales: bool = True,
         chunk_pairs: int | None = None,
         checkpoint_chunks: bool = True,
-        chunk_elements: int = 2**21,
+        chunk_elements: int = 2**22,
     ) -> None:
         super().__init__(chunk_pairs, checkpoint_chunks, chunk_elements)
         self.attention_scale = LogScale(attention_scale, learnable=learn_scales)
