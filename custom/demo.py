@@ -54,6 +54,7 @@ __all__ = [
     "render_study",
     "generate_demo",
     "ensure_demo",
+    "ensure_default_demo",
     "main_demo",
 ]
 
@@ -945,6 +946,17 @@ def ensure_demo(dataset_dir: str, datalist: str | None = None, **kwargs: Any) ->
         with open(default, encoding="ascii") as fh:
             _write_json_atomic(json.load(fh), target)
     return target
+
+
+def ensure_default_demo(datalist: str, demo_dir: str = "data/demo") -> str | None:
+    """Generate the demo into ``demo_dir`` only when ``datalist`` is the demo's own datalist.
+
+    The bundle configs call this in ``initialize``: a user's own (even misspelt) datalist never
+    triggers generation; it fails later with a clear "datalist not found" instead.
+    """
+    if os.path.abspath(datalist) != os.path.abspath(os.path.join(demo_dir, "datalist.json")):
+        return None
+    return ensure_demo(demo_dir)
 
 
 def _as_bool(value: Any) -> bool:

@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 
 from .distributed import is_main_process
 from .nets.factory import unwrap
-from .utils import as_bool, atomic_torch_save, epoch_seed, seed_everything
+from .utils import as_bool, atomic_torch_save, autocast, epoch_seed, seed_everything
 
 TRAIN_STATE = "train_state.pt"
 logger = logging.getLogger("reclf")
@@ -83,15 +83,11 @@ class PretrainTrainer(Engine):
             handler.attach(self)
 
     # ---- one iteration --------------------------------------------------------------------
-    def _autocast(self):
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
-
     def _iteration(self, engine: Engine, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.network.train()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with autocast(self.device, self.amp):
             outputs = self.network(
                 batch["image"], batch["input_ids"], batch["attention_mask"], batch["word_ids"], batch["report_id"]
             )

@@ -12,7 +12,7 @@ import torch
 from .data import PretrainDataset, load_datalist, make_loader
 from .metrics import nan_to_none, retrieval_recall
 from .nets.factory import load_pretrained, unwrap
-from .utils import as_bool, atomic_write_text
+from .utils import as_bool, atomic_write_text, autocast
 
 logger = logging.getLogger("reclf")
 
@@ -26,9 +26,8 @@ def embed(
     net = unwrap(model).eval()
     device = torch.device(device)
     parts: dict[str, list[torch.Tensor]] = {"image": [], "report": [], "report_id": [], "index": []}
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     for batch in loader:
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+        with autocast(device, amp):
             if images:
                 parts["image"].append(net.encode_image(batch["image"].to(device), local=False)["global"].float().cpu())
             if reports:

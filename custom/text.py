@@ -141,19 +141,3 @@ def encode_reports(tokenizer, reports: Sequence[str], max_length: int = 128) -> 
         "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int64),
         "word_ids": word_ids,
     }
-
-
-def report_words(tokenizer, report: str, max_length: int = 128) -> list[str]:
-    """The words (as the encoder sees them, punctuation dropped) of one report, for displays."""
-    text = normalize_report(report)
-    enc = tokenizer([text], max_length=int(max_length), truncation=True, return_offsets_mapping=True)
-    words: list[str] = []
-    seen: set[int] = set()
-    for w in enc.word_ids(0):
-        if w is None or w in seen:
-            continue
-        seen.add(w)
-        start, end = enc.word_to_chars(0, w)
-        if not all(ch in _PUNCT for ch in text[start:end]):
-            words.append(text[start:end])
-    return words

@@ -81,3 +81,9 @@ def atomic_write_text(text: str, path: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision for ``device``: fp16 on CUDA (with a GradScaler in training), bf16 on CPU."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)

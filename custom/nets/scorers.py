@@ -22,6 +22,12 @@ from .relations import ImportanceRelationModule, SemanticRelationModule
 from .scales import LogScale
 
 
+def word_extent(word_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last valid word + 1 along the last axis (masks need not be prefixes)."""
+    slots = torch.arange(1, word_mask.shape[-1] + 1, device=word_mask.device)
+    return (word_mask * slots).amax(-1)
+
+
 class LocalScorer(nn.Module):
     """Shared batching logic: chunks, activation checkpointing and top-K candidate selection.
 
@@ -64,8 +70,7 @@ class LocalScorer(nn.Module):
         padding costs almost nothing.
         """
         n_img, n_txt = regions.shape[0], words.shape[0]
-        slots = torch.arange(1, word_mask.shape[1] + 1, device=word_mask.device)
-        extent = (word_mask * slots).amax(-1)  # last valid word + 1 (masks need not be prefixes)
+        extent = word_extent(word_mask)
         order = torch.argsort(extent, descending=True, stable=True)
         extent_sorted = extent[order].tolist()
         step = max(1, self._pairs_per_chunk(regions.shape[1], max(1, extent_sorted[0])) // max(n_img, 1))
@@ -84,8 +89,7 @@ class LocalScorer(nn.Module):
     ) -> torch.Tensor:
         """Scores inside G independent groups: (G, Nv, R, D) x (G, Ne, T, D) -> (G, Nv, Ne), chunked over G."""
         per_group = regions.shape[1] * words.shape[1]
-        slots = torch.arange(1, word_mask.shape[-1] + 1, device=word_mask.device)
-        t = max(1, int((word_mask * slots).amax()))  # trim padding shared by every group
+        t = max(1, int(word_extent(word_mask).max()))  # trim padding shared by every group
         words, word_mask = words[..., :t, :], word_mask[..., :t]
         step = max(1, self._pairs_per_chunk(regions.shape[2], t) // max(per_group, 1))
         chunked = step < regions.shape[0]
