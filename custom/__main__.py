@@ -1,18 +1,36 @@
 """Command line: ``python -m custom COMMAND [--flags]`` (fire).
 
 Commands:
-    demo    generate the demo data set (DESIGN §6): ``python -m custom demo --out data/demo``
+    demo      generate the demo data set (DESIGN §6): ``python -m custom demo --out data/demo``
+    prepare   write a datalist from a public dataset's own layout:
+              ``python -m custom prepare DATASET --root DIR --out FILE`` (``prepare --help`` lists
+              the datasets; ``prepare DATASET --help`` shows the expected file tree and options)
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+
+def _quiet_return(function: Callable[..., object]) -> Callable[..., None]:
+    """fire prints a command's return value: the preparers print their own summary instead of
+    echoing the whole datalist. ``functools.wraps`` keeps the signature and docstring for --help."""
+
+    @functools.wraps(function)
+    def command(*args, **kwargs) -> None:
+        function(*args, **kwargs)
+
+    return command
 
 
 def main() -> None:
     import fire
 
+    from .datasets import preparers
     from .demo import main_demo
 
-    fire.Fire({"demo": main_demo})
+    fire.Fire({"demo": main_demo, "prepare": {name: _quiet_return(f) for name, f in preparers().items()}})
 
 
 if __name__ == "__main__":

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, PersistentDataset
+from monai.data import PersistentDataset
 from monai.transforms import Compose, MapTransform, RandAffined, RandAdjustContrastd, Resized, SpatialPadd
 
-from .io import read_radiograph
+from .io import RadiographReadError, read_radiograph
 from .text import encode_reports, report_key
-from .utils import epoch_seed
+from .utils import as_choice, epoch_seed
 
 SPLITS = ("training", "validation", "test")
 
@@ -36,7 +38,7 @@ def resolve_split(split: str) -> tuple[str, ...]:
 
 
 def load_datalist(
-    datalist: str, dataset_dir: str, split: str, require: Sequence[str] = ("image",)
+    datalist: str, dataset_dir: str, split: str, require: Sequence[str] = ("image",), missing: str = "error"
 ) -> list[dict[str, Any]]:
     """Items of ``split`` with paths made absolute (relative paths are under ``dataset_dir``).
 
@@ -47,7 +49,12 @@ def load_datalist(
         datalist: MONAI datalist JSON (DESIGN §4). dataset_dir: root of relative paths.
         split: see :func:`resolve_split`. require: fields every item must have (``report`` for
             pretraining); ``image``/``mask`` files must exist.
+        missing: an item without a required field is an ``error`` (naming the row) or is
+            ``skip``-ped and counted in a log line (a datalist shared with classification may
+            hold images without reports; pretraining then uses the pairs only).
     """
+    missing = as_choice(missing, ("error", "skip"), "missing")
+    skipped: list[str] = []
     if not os.path.isfile(datalist):
         raise DatalistError(f"datalist {datalist!r} not found (set --datalist, or --dataset_dir for the demo)")
     try:
@@ -66,10 +73,12 @@ def load_datalist(
             where = f"datalist {datalist!r}, {key}[{row}]"
             if not isinstance(item, dict):
                 raise DatalistError(f"{where}: expected an object, got {type(item).__name__}")
-            for field in require:
-                value = item.get(field)
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    raise DatalistError(f"{where}: missing or empty '{field}' (fix the row or drop it)")
+            absent = [f for f in require if item.get(f) is None or (isinstance(item.get(f), str) and not item[f].strip())]
+            if absent:
+                if missing == "skip":
+                    skipped.append(f"{key}[{row}]")
+                    continue
+                raise DatalistError(f"{where}: missing or empty '{absent[0]}' (fix the row or drop it)")
             item = dict(item, split=key, row=row)
             for field in ("image", "mask"):
                 if field in item and item[field]:
@@ -78,6 +87,10 @@ def load_datalist(
                         raise DatalistError(f"{where}: {field} file {path!r} not found (check dataset_dir)")
                     item[field] = path
             items.append(item)
+    if skipped:
+        logging.getLogger("reclf").warning(
+            "datalist %r: %d item(s) without %s skipped (e.g. %s)", datalist, len(skipped), "/".join(require), skipped[0]
+        )
     return items
 
 
@@ -119,6 +132,54 @@ def augment_transform() -> Compose:
     )
 
 
+def decode_images(
+    items: list[dict[str, Any]],
+    transform: Compose,
+    cache_dir: str | None = None,
+    bad_images: str = "error",
+    workers: int = 0,
+) -> tuple[Sequence[dict[str, Any]], list[dict[str, Any]]]:
+    """Decode and resize every image once, before training, and apply the bad-image policy.
+
+    Returns the cached images (a list in memory, or a MONAI ``PersistentDataset`` whose disk cache
+    is now filled) and the items that decoded. A broken file therefore fails (or is skipped) here,
+    with its datalist row named, and never in the middle of an epoch.
+    """
+    bad_images = as_choice(bad_images, ("error", "skip"), "bad_images")
+    images = [{"image": it["image"]} for it in items]
+    source = PersistentDataset(images, transform, cache_dir=cache_dir) if cache_dir else None
+
+    def decode(n: int):
+        try:
+            return source[n] if source is not None else transform(images[n])
+        except Exception as err:  # MONAI wraps transform errors; find the reader's own message
+            cause = err
+            while cause is not None and not isinstance(cause, RadiographReadError):
+                cause = cause.__cause__ or cause.__context__
+            return cause or err
+
+    with ThreadPoolExecutor(max_workers=int(workers) or os.cpu_count() or 1) as pool:
+        decoded = list(pool.map(decode, range(len(items))))
+    failed = [n for n, d in enumerate(decoded) if isinstance(d, Exception)]
+    if failed:
+        first = items[failed[0]]
+        where = f"{first.get('split', '?')}[{first.get('row', failed[0])}]"
+        if bad_images == "error":
+            raise DatalistError(
+                f"{len(failed)} image(s) cannot be read, first at {where}: {decoded[failed[0]]}. Fix or drop the "
+                "row(s), or set bad_images: skip to skip and count them"
+            ) from decoded[failed[0]]
+        logging.getLogger("reclf").warning(
+            "%d unreadable image(s) skipped (bad_images=skip), e.g. %s: %s", len(failed), where, decoded[failed[0]]
+        )
+    failed_set = set(failed)
+    keep = [n for n in range(len(items)) if n not in failed_set]
+    if source is not None:
+        kept = source if not failed else PersistentDataset([images[n] for n in keep], transform, cache_dir=cache_dir)
+        return kept, [items[n] for n in keep]
+    return [decoded[n] for n in keep], [items[n] for n in keep]
+
+
 class PretrainDataset(torch.utils.data.Dataset):
     """Image/report pairs: cached decoding, per-(epoch, index) seeded augmentation, tokenisation.
 
@@ -129,9 +190,11 @@ class PretrainDataset(torch.utils.data.Dataset):
         items: from :func:`load_datalist` (``image``, ``report``).
         tokenizer: a fast Hugging Face tokenizer. image_size: square side in pixels.
         augment: apply :func:`augment_transform`. seed: run seed.
-        cache_dir: a folder for a MONAI ``PersistentDataset`` (decoded images on disk, for data
-            larger than memory); None keeps them in memory (``CacheDataset``).
-        max_length: token budget per report.
+        cache_dir: a folder for a MONAI ``PersistentDataset`` (decoded images on disk, reused by
+            later runs, for data larger than memory); None keeps them in memory.
+        max_length: token budget per report. cache_workers: decoding threads (0: one per core).
+        bad_images: an unreadable image is an ``error`` naming its datalist row, or is
+            ``skip``-ped (the item is dropped and counted in a log line).
     """
 
     def __init__(
@@ -144,15 +207,9 @@ class PretrainDataset(torch.utils.data.Dataset):
         cache_dir: str | None = None,
         max_length: int = 128,
         cache_workers: int = 0,
+        bad_images: str = "error",
     ) -> None:
-        images = [{"image": it["image"]} for it in items]
-        if cache_dir:
-            self.images = PersistentDataset(images, image_transform(image_size), cache_dir=cache_dir)
-        else:
-            self.images = CacheDataset(
-                images, image_transform(image_size), cache_rate=1.0, num_workers=cache_workers or None,
-                progress=False, copy_cache=False,
-            )
+        self.images, items = decode_images(items, image_transform(image_size), cache_dir, bad_images, cache_workers)
         self.items = items
         self.reports = [str(it["report"]) for it in items]
         encoded = encode_reports(tokenizer, self.reports, max_length=max_length)

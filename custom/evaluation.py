@@ -50,11 +50,12 @@ def retrieval_metrics(model, loader, device, amp: bool = False) -> dict[str, flo
 def _eval_loader(ckpt: str, datalist: str, dataset_dir: str, split: str, image_size: int, batch_size: int,
                  num_workers: int, device, require=("image", "report")):
     model, tokenizer = load_pretrained(ckpt, device)
-    items = load_datalist(datalist, dataset_dir, split, require=require)
+    # retrieval needs pairs: items without a report are skipped and counted in the log
+    items = load_datalist(datalist, dataset_dir, split, require=require, missing="skip")
     if not items:
-        raise ValueError(f"datalist {datalist!r} has no items in split {split!r}")
+        raise ValueError(f"datalist {datalist!r} has no image-report pairs in split {split!r}")
     dataset = PretrainDataset(items, tokenizer, image_size=image_size, augment=False)
-    return model, items, make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+    return model, dataset.items, make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
 
 
 class RetrievalEvaluator:

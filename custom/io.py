@@ -16,6 +16,10 @@ def _to_unit(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 3:  # RGB(A) → gray
         array = array[..., :3].mean(-1)
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise RadiographReadError(f"expected a 2-D image, got an array of shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise RadiographReadError("the image holds non-finite values (NaN/inf)")
     lo, hi = float(array.min()), float(array.max())
     return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
 
@@ -43,14 +47,27 @@ def _read_dicom(path: str) -> np.ndarray:
         # files without a meta header are implicit VR little endian by the standard's default
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        from pydicom.pixels import get_decoder
+
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            raise RadiographReadError(f"{path}: pydicom has no decoder for transfer syntax {syntax.name} ({syntax})") from None
+        if not decoder.is_available:
+            raise RadiographReadError(
+                f"{path}: pixel data is compressed as {syntax.name} and no installed plugin decodes it; install "
+                f"one of: {'; '.join(decoder.missing_dependencies)}"
+            )
     try:
         pixels = ds.pixel_array
     except Exception as err:  # decoder plugins raise assorted types
-        syntax = ds.file_meta.TransferSyntaxUID
-        raise RadiographReadError(
-            f"{path}: cannot decode pixel data ({syntax.name}): {err}. For JPEG-lossless/JPEG 2000 install "
-            "'pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg'"
-        ) from err
+        raise RadiographReadError(f"{path}: cannot decode pixel data ({syntax.name}): {err} (truncated or corrupt file?)") from err
+    if int(ds.get("SamplesPerPixel", 1)) > 1 and pixels.ndim == 3:
+        return _to_unit(pixels)  # colour (secondary capture): gray, no LUTs apply
+    if pixels.ndim != 2:
+        raise RadiographReadError(f"{path}: expected one 2-D grayscale frame, got pixel array of shape {pixels.shape}")
     array = apply_modality_lut(pixels, ds)
     array = apply_voi_lut(array, ds, index=0) if ("WindowCenter" in ds or "VOILUTSequence" in ds) else array
     array = _to_unit(array)
@@ -74,6 +91,12 @@ _READERS = {".png": _read_pil, ".jpg": _read_pil, ".jpeg": _read_pil, ".dcm": _r
             ".nii": _read_nifti, ".nii.gz": _read_nifti}
 
 
+def _has_dicom_preamble(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def read_radiograph(path: str) -> np.ndarray:
     """Read PNG/JPG/DICOM/NIfTI into (H, W) float32 in [0, 1]; raise :class:`RadiographReadError`."""
     if not os.path.isfile(path):
@@ -81,11 +104,15 @@ def read_radiograph(path: str) -> np.ndarray:
     lower = path.lower()
     ext = ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
     reader = _READERS.get(ext)
+    if reader is None and ext == "" and _has_dicom_preamble(path):
+        reader = _read_dicom  # DICOM files often come without an extension
     if reader is None:
         raise RadiographReadError(f"{path}: unknown extension {ext!r}; expected one of {sorted(_READERS)}")
     try:
         return reader(path)
-    except RadiographReadError:
-        raise
+    except RadiographReadError as err:
+        if path in str(err):
+            raise
+        raise RadiographReadError(f"{path}: {err}") from err
     except Exception as err:
         raise RadiographReadError(f"{path}: cannot read image: {err}") from err
