@@ -3,7 +3,6 @@ blank), and the CheXpert 5×200 zero-shot / retrieval protocol built from its tr
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -20,8 +19,8 @@ from .common import (
     finalize,
     frontal_filter,
     merge_identical_images,
-    open_text,
     patient_groups,
+    read_csv,
     uncertain_value,
 )
 
@@ -54,45 +53,6 @@ ROOT/                                  (or ROOT = the CheXpert-v1.0-small folder
 # --------------------------------------------------------------------------------------------
 # Reading the csv files
 # --------------------------------------------------------------------------------------------
-
-
-def read_table(path: str, required: Sequence[str], log: PrepareLog) -> Iterator[tuple[str, dict[str, str]]]:
-    """Rows of a CSV (or ``.csv.gz``) as ``("file.csv:LINE", row)``, header names stripped.
-
-    Unlike :func:`common.read_csv`, a malformed row goes through ``log.bad`` (an error naming
-    file:line, or counted under ``on_error="skip"``), and nameless trailing columns are tolerated:
-    NIH's ``Data_Entry_2017.csv`` header ends with a comma that some of its rows lack. A missing
-    column is always an error (the whole file is the wrong one). LINE is the physical line where
-    the row starts (quoted cells may span lines).
-    """
-    name = os.path.basename(path)
-    with open_text(path) as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise PrepareError(f"{path}: empty file (expected a header with {list(required)})") from None
-        while header and header[-1] == "":
-            header.pop()
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise PrepareError(f"{path}: missing column(s) {missing}; found {header}")
-        width = len(header)
-        start = reader.line_num + 1
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                raise PrepareError(f"{name}:{start}: unreadable csv row ({err})") from None
-            source, start = f"{name}:{start}", reader.line_num + 1
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) < width or any(v.strip() for v in values[width:]):
-                log.bad(f"{len(values)} fields, the header has {width} (malformed row)", source)
-                continue
-            yield source, {h: v.strip() for h, v in zip(header, values)}
 
 
 def locate_chexpert(root: str, needed: Sequence[str]) -> str:
@@ -157,7 +117,7 @@ def _observations(row: dict[str, str], policy: str, source: str, log: PrepareLog
 def _read_rows(csv_path: str, data_dir: str, root: str, policy: str, log: PrepareLog) -> Iterator[Record]:
     """One :class:`Record` (image relative to ``root``, patient, view, 14 observations) per valid
     row of a CheXpert csv; broken rows go through ``log.bad``."""
-    for source, row in read_table(csv_path, _COLUMNS, log):
+    for source, row in read_csv(csv_path, _COLUMNS, log):
         if not row["Path"]:
             log.bad("empty 'Path' cell", source)
             continue

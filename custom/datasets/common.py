@@ -19,7 +19,7 @@ import io
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,27 +119,49 @@ def find_file(root: str, names: Sequence[str], what: str, layout: str = "") -> s
     raise PrepareError(f"{root}: {what} not found (looked for {', '.join(names)}){hint}")
 
 
-def read_csv(path: str, required: Sequence[str]) -> Iterator[tuple[str, dict[str, str]]]:
-    """Rows of a CSV (or ``.csv.gz``) as ``(source, row)`` with header names stripped of spaces
-    (SIIM's ``train-rle.csv`` has the header ``ImageId, EncodedPixels``)."""
+def read_csv(
+    path: str, required: Sequence[str], log: PrepareLog | None = None
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """Rows of a CSV (or ``.csv.gz``) as ``("file.csv:LINE", row)``, header names stripped of
+    spaces (SIIM's ``train-rle.csv`` has the header ``ImageId, EncodedPixels``).
+
+    A missing column is always an error (the whole file is the wrong one). A malformed row goes
+    through ``log.bad`` (an error naming file:line, or counted under ``on_error="skip"``), or
+    raises when no ``log`` is given. Nameless trailing columns are tolerated: NIH's
+    ``Data_Entry_2017.csv`` header ends with a comma that some of its rows lack. LINE is the
+    physical line where the row starts (quoted cells may span lines).
+    """
+    name = os.path.basename(path)
     with open_text(path) as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise PrepareError(f"{path}: empty file (expected a header with {list(required)})") from None
+        while header and header[-1] == "":
+            header.pop()
         missing = [c for c in required if c not in header]
         if missing:
             raise PrepareError(f"{path}: missing column(s) {missing}; found {header}")
-        name = os.path.basename(path)
-        for line, values in enumerate(reader, start=2):
+        width = len(header)
+        start = reader.line_num + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise PrepareError(f"{name}:{start}: unreadable csv row ({err})") from None
+            source, start = f"{name}:{start}", reader.line_num + 1
             if not values or all(not v.strip() for v in values):
                 continue
-            if len(values) != len(header):
-                raise PrepareError(
-                    f"{name}:{line}: {len(values)} fields, the header has {len(header)} (malformed row)"
-                )
-            yield f"{name}:{line}", {h: v.strip() for h, v in zip(header, values)}
+            if len(values) < width or any(v.strip() for v in values[width:]):
+                reason = f"{len(values)} fields, the header has {width} (malformed row)"
+                if log is None:
+                    raise PrepareError(f"{source}: {reason}")
+                log.bad(reason, source)
+                continue
+            yield source, {h: v.strip() for h, v in zip(header, values)}
 
 
 def index_files(root: str, suffixes: Sequence[str]) -> dict[str, str]:
@@ -156,7 +178,7 @@ def index_files(root: str, suffixes: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def frontal_filter(views: Any) -> callable:
+def frontal_filter(views: Any) -> Callable[[str | None], bool]:
     """``"frontal"`` keeps PA/AP views and images whose view is not recorded; ``"all"`` keeps
     all; a list keeps exactly those view names (case-insensitive)."""
     if isinstance(views, (list, tuple)):
@@ -501,6 +523,31 @@ def write_mask_png(mask: np.ndarray, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}.png"
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+class MaskWriter:
+    """Writes 0/255 PNG masks; empty masks (most of the images) are encoded once per size."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._empty: dict[tuple[int, int], bytes] = {}
+
+    def write(self, mask: np.ndarray, name: str) -> str:
+        path = os.path.join(self.folder, name)
+        if mask.any():
+            write_mask_png(mask, path)
+            return path
+        shape = mask.shape
+        if shape not in self._empty:
+            write_mask_png(mask, path)
+            with open(path, "rb") as f:
+                self._empty[shape] = f.read()
+            return path
+        tmp = f"{path}.tmp{os.getpid()}.png"
+        with open(tmp, "wb") as f:
+            f.write(self._empty[shape])
+        os.replace(tmp, path)
+        return path
 
 
 def common_options(seed: int, val_frac: float, test_frac: float, on_error: str, **more: Any) -> dict[str, Any]:

@@ -6,8 +6,7 @@ import os
 from typing import Any
 
 from ..utils import as_bool
-from .chexpert import read_table
-from .common import PrepareLog, Record, common_options, find_file, finalize, frontal_filter, open_text
+from .common import PrepareLog, Record, common_options, find_file, finalize, frontal_filter, open_text, read_csv
 
 FINDINGS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -128,7 +127,7 @@ def prepare_nih_cxr14(
     records: list[Record] = []
     seen: set[str] = set()
     unlisted = 0
-    for source, row in read_table(entries, _COLUMNS, log):
+    for source, row in read_csv(entries, _COLUMNS, log):
         name = row["Image Index"]
         if not name:
             log.bad("empty 'Image Index' cell", source)

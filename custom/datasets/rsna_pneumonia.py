@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 
 from ..utils import as_bool
-from .common import PrepareLog, Record, common_options, finalize, find_file, index_files, mask_dir_for, read_csv
-from .siim_acr import MaskWriter, header_text, read_header
+from .common import (
+    MaskWriter, PrepareLog, Record, common_options, finalize, find_file, index_files, mask_dir_for, read_csv,
+)
+from .dicom_header import header_text, read_header
 
 LABEL = "Pneumonia"
 CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")

@@ -10,8 +10,9 @@ import numpy as np
 
 from ..utils import as_bool
 from .common import (
-    PrepareError, PrepareLog, Record, common_options, finalize, find_file, index_files, mask_dir_for, write_mask_png,
+    MaskWriter, PrepareError, PrepareLog, Record, common_options, finalize, find_file, index_files, mask_dir_for,
 )
+from .dicom_header import header_text, read_header
 from .rle import NO_MASK, decode_rle, read_siim_rle
 
 LABEL = "Pneumothorax"
@@ -25,55 +26,6 @@ ROOT/
   dicom-images-train/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
                     (searched recursively; any sub-folder of ROOT is accepted)
   dicom-images-test/...   unlabelled: ignored"""
-
-
-def read_header(path: str) -> Any:
-    """The DICOM header of ``path`` without its pixel data (fast: no decoding).
-
-    Raises:
-        ValueError: the file is not DICOM or lacks ``Rows``/``Columns``.
-    """
-    import pydicom
-
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception as err:  # pydicom raises several types for a corrupt/truncated file
-        raise ValueError(f"unreadable DICOM header: {err}") from err
-    rows, columns = header.get("Rows"), header.get("Columns")
-    if not rows or not columns:
-        raise ValueError("no Rows/Columns in the DICOM header (not an image, or not DICOM)")
-    return header
-
-
-def header_text(header: Any, keyword: str) -> str:
-    """A DICOM header element as stripped text ("" when absent)."""
-    value = header.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-class MaskWriter:
-    """Writes 0/255 PNG masks; empty masks (most of the images) are encoded once per size."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self._empty: dict[tuple[int, int], bytes] = {}
-
-    def write(self, mask: np.ndarray, name: str) -> str:
-        path = os.path.join(self.folder, name)
-        if mask.any():
-            write_mask_png(mask, path)
-            return path
-        shape = mask.shape
-        if shape not in self._empty:
-            write_mask_png(mask, path)
-            with open(path, "rb") as f:
-                self._empty[shape] = f.read()
-            return path
-        tmp = f"{path}.tmp{os.getpid()}.png"
-        with open(tmp, "wb") as f:
-            f.write(self._empty[shape])
-        os.replace(tmp, path)
-        return path
 
 
 def prepare_siim_acr(
