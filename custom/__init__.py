@@ -9,7 +9,7 @@ import importlib as _importlib
 
 _SUBMODULES = {
     "data", "demo", "distributed", "engine", "evaluation", "handlers", "io", "losses", "metrics", "nets",
-    "optim", "text", "utils",
+    "optim", "text", "utils", "datasets", "reports", "downstream",
 }
 
 

@@ -61,3 +61,114 @@ def nan_to_none(metrics: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+# ---- classification ------------------------------------------------------------------------
+
+
+def auroc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Area under the ROC curve of one binary task, tie-aware (Mann-Whitney U with mid-ranks).
+
+    Args:
+        scores: (N,) real scores, higher = more positive. targets: (N,) 1 / 0; other values
+            (e.g. -1 = uncertain) are ignored.
+
+    Returns:
+        AUROC in [0, 1], or NaN when the kept targets are all one class (undefined).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    targets = np.asarray(targets).ravel()
+    keep = (targets == 0) | (targets == 1)
+    scores, positive = scores[keep], targets[keep] == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # mid-ranks: every member of a run of tied scores gets the mean of the run's ranks
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    mid = (starts + ends + 1) / 2.0  # 1-based mean rank of each run
+    ranks[order] = np.repeat(mid, ends - starts)
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def classification_metrics(
+    scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str], multi_label: bool
+) -> dict[str, float]:
+    """``acc``, ``macro_f1``, ``auroc_mean`` and ``auroc/<class>`` (DESIGN §5 keys).
+
+    Args:
+        scores: (N, C) class scores (logits, probabilities or similarities: only their order matters,
+            except that multi-label decisions threshold probabilities at 0.5, so pass probabilities).
+        targets: (N,) int class indices (multi-class) or (N, C) 1 / 0 / -1 (multi-label; -1 =
+            uncertain, left out of every metric of that class).
+        class_names: the C names. multi_label: which of the two target forms is given.
+
+    Multi-class: accuracy of the argmax, macro-F1 over classes, one-vs-rest AUROC per class.
+    Multi-label: per-class accuracy / F1 at 0.5 (means over classes), AUROC per class. A class
+    without both positives and negatives has an undefined (NaN → null) AUROC and is left out of
+    ``auroc_mean``; the F1 of a class with no positives and no predicted positives is undefined too.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n, c = scores.shape
+    if len(class_names) != c:
+        raise ValueError(f"{c} score columns but {len(class_names)} class names")
+    out: dict[str, float] = {}
+    if multi_label:
+        targets = np.asarray(targets).reshape(n, c)
+        predicted = scores >= 0.5
+        accs, f1s = [], []
+        for k in range(c):
+            known = (targets[:, k] == 0) | (targets[:, k] == 1)
+            if known.any():
+                accs.append(float((predicted[known, k] == (targets[known, k] == 1)).mean()))
+            f1s.append(_f1(predicted[known, k], targets[known, k] == 1))
+        out["acc"] = float(np.mean(accs)) if accs else float("nan")
+        columns = [(targets[:, k]) for k in range(c)]
+    else:
+        targets = np.asarray(targets).astype(np.int64).ravel()
+        if targets.min(initial=0) < 0 or targets.max(initial=0) >= c:
+            raise ValueError(f"class targets must lie in [0, {c}), got {targets.min()}..{targets.max()}")
+        predicted_class = scores.argmax(1)
+        out["acc"] = float((predicted_class == targets).mean()) if n else float("nan")
+        f1s = [_f1(predicted_class == k, targets == k) for k in range(c)]
+        columns = [(targets == k).astype(np.int64) for k in range(c)]
+    defined_f1 = [f for f in f1s if np.isfinite(f)]
+    out["macro_f1"] = float(np.mean(defined_f1)) if defined_f1 else float("nan")
+    aucs = []
+    for k, name in enumerate(class_names):
+        value = auroc(scores[:, k], columns[k])
+        out[f"auroc/{name}"] = value
+        if np.isfinite(value):
+            aucs.append(value)
+    out["auroc_mean"] = float(np.mean(aucs)) if aucs else float("nan")
+    out["n_samples"] = int(n)
+    return out
+
+
+def _f1(predicted: np.ndarray, actual: np.ndarray) -> float:
+    tp = float((predicted & actual).sum())
+    denominator = float(predicted.sum() + actual.sum())
+    return 2.0 * tp / denominator if denominator > 0 else float("nan")
+
+
+def precision_at_k(similarity: np.ndarray, query_classes: np.ndarray, candidate_classes: np.ndarray,
+                   ks: Sequence[int] = (5, 10, 100), prefix: str = "i2t") -> dict[str, float]:
+    """Precision@K by class agreement (the CheXpert 5×200 retrieval protocol): for each query the
+    share of its top-K candidates whose class equals the query's, averaged over queries.
+
+    Args:
+        similarity: (Q, M) query × candidate scores. query_classes: (Q,) ints; candidate_classes: (M,).
+        ks: K values (K larger than M uses M). prefix: key prefix (``i2t`` / ``t2i``).
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    agree = np.asarray(candidate_classes)[order] == np.asarray(query_classes).reshape(-1, 1)  # (Q, M)
+    out = {}
+    for k in ks:
+        kk = min(int(k), similarity.shape[1])
+        out[f"{prefix}_precision@{k}"] = float(agree[:, :kk].mean()) if kk > 0 and len(agree) else float("nan")
+    return out

@@ -165,3 +165,16 @@ def test_command_line_prepare_help_and_unknown_option(tmp_path):
          "--val_fraction", "0.2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert wrong.returncode != 0 and "val_fraction" in wrong.stdout + wrong.stderr
+
+
+def test_readme_lists_every_dataset_layout():
+    import importlib
+
+    from custom.datasets import REGISTRY
+
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    for name, (module, _) in REGISTRY.items():
+        layout = getattr(importlib.import_module(f"custom.datasets.{module}"), "LAYOUT", None)
+        assert f"`{name}`" in readme, name
+        if layout is not None:
+            assert layout in readme, f"README's layout of {name} is out of date"
