@@ -9,7 +9,8 @@ import importlib as _importlib
 
 _SUBMODULES = {
     "data", "demo", "distributed", "engine", "evaluation", "handlers", "io", "losses", "metrics", "nets",
-    "optim", "text", "utils", "datasets", "reports", "downstream",
+    "optim", "text", "utils", "datasets", "reports", "downstream", "classify", "convert", "zero_shot",
+    "cls_retrieval", "prompts", "linear_probe",
 }
 
 

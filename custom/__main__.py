@@ -5,6 +5,10 @@ Commands:
     prepare   write a datalist from a public dataset's own layout:
               ``python -m custom prepare DATASET --root DIR --out FILE`` (``prepare --help`` lists
               the datasets; ``prepare DATASET --help`` shows the expected file tree and options)
+    convert-checkpoint
+              turn a published GLoRIA / MGCA checkpoint into a self-describing reclf checkpoint:
+              ``python -m custom convert-checkpoint gloria|mgca PATH --out DIR --text_dir HF_DIR
+              [--trust_pickle true]`` (prints what carried over and what was re-initialised)
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ def _quiet_return(function: Callable[..., object]) -> Callable[..., None]:
 def main() -> None:
     import fire
 
+    from .convert import main_convert
     from .datasets import preparers
     from .demo import main_demo
 
-    fire.Fire({"demo": main_demo, "prepare": {name: _quiet_return(f) for name, f in preparers().items()}})
+    fire.Fire({
+        "demo": main_demo,
+        "prepare": {name: _quiet_return(f) for name, f in preparers().items()},
+        "convert-checkpoint": _quiet_return(main_convert),
+    })
 
 
 if __name__ == "__main__":

@@ -62,3 +62,20 @@ def pretrained(tiny_datalist, tmp_path_factory) -> str:
     run_bundle("train.yaml", dataset_dir=os.path.dirname(tiny_datalist), datalist=tiny_datalist,
                output_dir=out, epochs=2, **TINY)
     return out
+
+
+@pytest.fixture(scope="session")
+def pretrained_demo(demo_dir, tmp_path_factory) -> str:
+    """``model.pt`` of a RECLF pretraining long enough to beat random init downstream (the 2-epoch
+    ``pretrained`` fixture does not): 128 demo training pairs, 6 epochs, no per-epoch validation."""
+    with open(os.path.join(demo_dir, "datalist.json"), encoding="utf-8") as f:
+        full = json.load(f)
+    subset = {split: [dict(it, image=os.path.join(demo_dir, it["image"])) for it in full[split][:n]]
+              for split, n in (("training", 128), ("validation", 16), ("test", 16))}
+    root = tmp_path_factory.mktemp("zs_pretrain")
+    datalist = str(root / "datalist.json")
+    with open(datalist, "w", encoding="utf-8") as f:
+        json.dump(subset, f)
+    run_bundle("train.yaml", dataset_dir=demo_dir, datalist=datalist, output_dir=str(root), epochs=6,
+               val_interval=100, **TINY)
+    return os.path.join(str(root), "models", "model.pt")
