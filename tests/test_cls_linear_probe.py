@@ -19,8 +19,6 @@ CONFIGS = os.path.join(REPO, "bundles", "reclf_cls", "configs")
 TRAIN = os.path.join(CONFIGS, "train.yaml")
 EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
 CXR_NOTES = os.path.join(SHARED_DATA, "cxr-notes")
-SHARED_KEYS = ("dataset_dir", "datalist", "output_dir", "ckpt", "pretrained_ckpt", "eval_split", "epochs",
-               "batch_size", "lr", "image_size", "device", "amp", "seed", "num_workers")
 CPU = {"device": "cpu", "image_size": 64, "num_workers": 0, "amp": False}
 
 
@@ -54,15 +52,9 @@ class _Records(logging.Handler):
 # ---- pure parts ---------------------------------------------------------------------------------
 
 
-def test_configs_share_the_vocabulary():
-    def load(name):
-        with open(os.path.join(CONFIGS, name), encoding="utf-8") as f:
-            return yaml.safe_load(f)
-
-    train = load("train.yaml")
-    for name, config in (("train.yaml", train), ("evaluate.yaml", load("evaluate.yaml")),
-                         ("multi_gpu_train.yaml", {**train, **load("multi_gpu_train.yaml")})):
-        assert not [k for k in SHARED_KEYS if k not in config], name
+def test_probe_defaults():
+    with open(os.path.join(CONFIGS, "train.yaml"), encoding="utf-8") as f:
+        train = yaml.safe_load(f)
     assert isinstance(train["lr"], float) and isinstance(train["weight_decay"], float)  # YAML 1.1: 1.0e-3
     assert train["label_fraction"] == 1.0 and train["label_seeds"] == [0]
 
