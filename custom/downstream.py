@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data import decode_images, image_transform
@@ -51,7 +52,10 @@ class ImageItems(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": torch.as_tensor(self.images[index]["image"], dtype=torch.float32), "index": index}
+        # a plain tensor: MONAI's MetaTensor (from the resize transforms) would carry its metadata
+        # into the embeddings and breaks numpy-style indexing of the scores downstream
+        image = torch.as_tensor(np.asarray(self.images[index]["image"]), dtype=torch.float32)
+        return {"image": image, "index": index}
 
 
 @torch.no_grad()
