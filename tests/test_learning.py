@@ -16,7 +16,10 @@ from custom.nets.factory import build_reclf_model
 from custom.optim import warmup_scheduler
 from custom.text import prepare_tokenizer
 
-EPOCHS = 10
+# the smallest budget per objective that passes with margin (measured on CPU: at 6 epochs RECLF's
+# loss falls to 0.75x with training R@10 at 2.7-3.1x chance, while GLoRIA pooling is still at 1.8x
+# chance for image->text and ConVIRT's loss only at 0.89x); the suite must stay under 15 minutes
+EPOCHS = {"convirt": 10, "gloria": 10, "reclf": 6}
 
 
 class EpochLoss:
@@ -51,9 +54,10 @@ def test_objective_learns(objective, demo_dir, tmp_path):
     loader = make_loader(dataset, 32, shuffle=True, seed=0, drop_last=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     losses = EpochLoss()
+    epochs = EPOCHS[objective]
     trainer = PretrainTrainer(
-        "cpu", EPOCHS, loader, model, optimizer, PretrainLoss(),
-        lr_scheduler=warmup_scheduler(optimizer, EPOCHS, len(loader), 0.5), train_handlers=[losses], grad_clip=5.0,
+        "cpu", epochs, loader, model, optimizer, PretrainLoss(),
+        lr_scheduler=warmup_scheduler(optimizer, epochs, len(loader), 0.5), train_handlers=[losses], grad_clip=5.0,
     )
     trainer.run()
     assert losses.history[-1] < 0.9 * losses.history[0], f"{objective}: loss did not fall: {losses.history}"
