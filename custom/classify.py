@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .downstream import load_weights_strict, require_checkpoint
 from .utils import as_bool, as_optional_path, atomic_write_text, autocast
 
 logger = logging.getLogger("reclf")
@@ -52,27 +53,13 @@ def classifier_meta(ckpt: Any, key: str, default: Any = None) -> Any:
 
 def require_classifier(ckpt: Any) -> str:
     """The classifier checkpoint path, or a clear error naming the command that makes it."""
-    path = as_optional_path(ckpt)
-    if path is None:
-        raise FileNotFoundError(f"no classifier ckpt given: {TRAIN_FIRST}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"classifier checkpoint {path!r} not found: {TRAIN_FIRST}")
-    return path
+    return require_checkpoint(ckpt, "classifier checkpoint", TRAIN_FIRST)
 
 
 def load_classifier_weights(network: torch.nn.Module, ckpt: str) -> None:
     """Load a classifier ``model.pt`` (a plain state dict) strictly into ``network``."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{ckpt!r} is not a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{ckpt!r} does not match network_def (class_names / image_encoder come from the model.json beside "
-            f"it; check --class_names / --image_encoder overrides): {err}"
-        ) from err
+    load_weights_strict(network, ckpt, "class_names / image_encoder come from the model.json beside it; check "
+                        "--class_names / --image_encoder overrides")
 
 
 def expand_input_files(input_files: Any) -> list[str]:

@@ -138,15 +138,20 @@ def decode_images(
     cache_dir: str | None = None,
     bad_images: str = "error",
     workers: int = 0,
+    keys: Sequence[str] = ("image",),
+    noun: str = "image",
 ) -> tuple[Sequence[dict[str, Any]], list[dict[str, Any]]]:
     """Decode and resize every image once, before training, and apply the bad-image policy.
 
-    Returns the cached images (a list in memory, or a MONAI ``PersistentDataset`` whose disk cache
+    ``transform`` maps ``{key: item[key] for key in keys}`` (file paths; e.g. an image and its mask)
+    to the decoded record; ``noun`` names one record in messages.
+
+    Returns the cached records (a list in memory, or a MONAI ``PersistentDataset`` whose disk cache
     is now filled) and the items that decoded. A broken file therefore fails (or is skipped) here,
     with its datalist row named, and never in the middle of an epoch.
     """
     bad_images = as_choice(bad_images, ("error", "skip"), "bad_images")
-    images = [{"image": it["image"]} for it in items]
+    images = [{key: it[key] for key in keys} for it in items]
     source = PersistentDataset(images, transform, cache_dir=cache_dir) if cache_dir else None
 
     def decode(n: int):
@@ -166,11 +171,11 @@ def decode_images(
         where = f"{first.get('split', '?')}[{first.get('row', failed[0])}]"
         if bad_images == "error":
             raise DatalistError(
-                f"{len(failed)} image(s) cannot be read, first at {where}: {decoded[failed[0]]}. Fix or drop the "
+                f"{len(failed)} {noun}(s) cannot be read, first at {where}: {decoded[failed[0]]}. Fix or drop the "
                 "row(s), or set bad_images: skip to skip and count them"
             ) from decoded[failed[0]]
         logging.getLogger("reclf").warning(
-            "%d unreadable image(s) skipped (bad_images=skip), e.g. %s: %s", len(failed), where, decoded[failed[0]]
+            "%d unreadable %s(s) skipped (bad_images=skip), e.g. %s: %s", len(failed), noun, where, decoded[failed[0]]
         )
     failed_set = set(failed)
     keep = [n for n in range(len(items)) if n not in failed_set]

@@ -1,8 +1,9 @@
-"""What the downstream bundles share: finding the pretraining checkpoint, and encoding image items
-and free texts (prompts, reports) with a pretrained model, in batches, once."""
+"""What the downstream bundles share: finding and loading checkpoints (the pretraining one, their
+own ``model.pt`` + ``model.json``), and encoding image items and free texts (prompts, reports) with a pretrained model, in batches, once."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,14 +22,50 @@ logger = logging.getLogger("reclf")
 PRETRAIN_FIRST = "run reclf_pretrain/configs/train.yaml first (or pass --pretrained_ckpt PATH/model.pt)"
 
 
-def require_pretrained(ckpt: Any) -> str:
-    """The checkpoint path, or a clear error when zero-shot / retrieval have nothing to evaluate."""
+def require_checkpoint(ckpt: Any, what: str, how: str) -> str:
+    """The checkpoint path, or a clear error naming ``what`` is missing and ``how`` to make it."""
     path = as_optional_path(ckpt)
     if path is None:
-        raise FileNotFoundError(f"no pretrained_ckpt given: {PRETRAIN_FIRST}")
+        raise FileNotFoundError(f"no {what} given: {how}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained checkpoint {path!r} not found: {PRETRAIN_FIRST}")
+        raise FileNotFoundError(f"{what} {path!r} not found: {how}")
     return path
+
+
+def require_pretrained(ckpt: Any) -> str:
+    """The checkpoint path, or a clear error when zero-shot / retrieval have nothing to evaluate."""
+    return require_checkpoint(ckpt, "pretrained checkpoint", PRETRAIN_FIRST)
+
+
+def load_weights_strict(network: torch.nn.Module, ckpt: str, hint: str = "") -> None:
+    """Load a plain state dict file (a downstream bundle's ``model.pt``; a DDP ``module.`` prefix is
+    dropped) strictly into ``network`` (its DDP wrapper, if any, is looked through); a mismatch
+    names the file and ``hint`` (where the network's shape comes from)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{ckpt!r} is not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        unwrap(network).load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{ckpt!r} does not match network_def{f' ({hint})' if hint else ''}: {err}") from err
+
+
+def read_model_meta(ckpt: str, image_size: int, kind: str) -> dict[str, Any]:
+    """The ``model.json`` beside a downstream ``model.pt``; refuses a missing file and an
+    ``image_size`` other than the training one (``kind`` names the bundle's checkpoint kind)."""
+    meta_path = os.path.splitext(ckpt)[0] + ".json"
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{meta_path!r} not found beside {ckpt!r}: not a {kind} checkpoint")
+    with open(meta_path, encoding="utf-8") as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path!r} is not valid JSON: {err}") from err
+    if int(meta["image_size"]) != int(image_size):
+        raise ValueError(f"image_size {image_size} differs from the {kind}'s training image_size "
+                         f"{meta['image_size']} ({meta_path}): pass --image_size {meta['image_size']}")
+    return meta
 
 
 def optional_pretrained(ckpt: Any) -> str | None:

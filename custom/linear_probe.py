@@ -36,7 +36,8 @@ from torch import nn
 
 from .data import load_datalist
 from .distributed import is_distributed, is_main_process, rank, world_size
-from .downstream import ImageItems
+from .classify import load_classifier_weights, require_classifier
+from .downstream import ImageItems, read_model_meta
 from .metrics import classification_metrics, nan_to_none
 from .nets.classifier import ImageClassifier
 from .nets.factory import unwrap
@@ -612,18 +613,10 @@ class ProbeEvaluator:
 
     def load(self) -> tuple[ImageClassifier, dict[str, Any]]:
         """The classifier (strict load) and its ``model.json``."""
-        meta_path = os.path.splitext(self.ckpt)[0] + ".json"
-        if not os.path.isfile(self.ckpt):
-            raise FileNotFoundError(f"checkpoint {self.ckpt!r} not found: run reclf_cls/configs/train.yaml first")
-        if not os.path.isfile(meta_path):
-            raise FileNotFoundError(f"{meta_path!r} not found beside {self.ckpt!r}: not a reclf_cls linear-probe checkpoint")
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if int(meta["image_size"]) != self.image_size:
-            raise ValueError(f"image_size {self.image_size} differs from the probe's training image_size "
-                             f"{meta['image_size']} ({meta_path}): pass --image_size {meta['image_size']}")
+        ckpt = require_classifier(self.ckpt)
+        meta = read_model_meta(ckpt, self.image_size, "reclf_cls linear-probe")
         net = ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"])
-        net.load_state_dict(torch.load(self.ckpt, map_location="cpu", weights_only=True), strict=True)
+        load_classifier_weights(net, ckpt)
         return net.to(self.device).eval(), meta
 
     @torch.no_grad()

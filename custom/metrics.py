@@ -172,3 +172,30 @@ def precision_at_k(similarity: np.ndarray, query_classes: np.ndarray, candidate_
         kk = min(int(k), similarity.shape[1])
         out[f"{prefix}_precision@{k}"] = float(agree[:, :kk].mean()) if kk > 0 and len(agree) else float("nan")
     return out
+
+
+# ---- segmentation ----------------------------------------------------------------------------
+
+
+def dice_iou(pred_mask: np.ndarray | torch.Tensor, true_mask: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU of binary masks.
+
+    Args:
+        pred_mask, true_mask: (N, ...) masks of N images, same shape; nonzero / True = foreground
+            (threshold probabilities before calling, e.g. at 0.5).
+
+    Returns:
+        dice (N,) = 2|P∩T| / (|P| + |T|) and iou (N,) = |P∩T| / |P∪T|, float64; an image whose
+        prediction and truth are both empty scores 1 in both (nothing to find, nothing found).
+    """
+    pred = torch.as_tensor(pred_mask).reshape(len(pred_mask), -1) != 0
+    true = torch.as_tensor(true_mask).reshape(len(true_mask), -1) != 0
+    if pred.shape != true.shape:
+        raise ValueError(f"dice_iou: prediction {tuple(pred.shape)} and truth {tuple(true.shape)} differ in shape")
+    inter = (pred & true).sum(1, dtype=torch.float64)
+    total = pred.sum(1, dtype=torch.float64) + true.sum(1, dtype=torch.float64)
+    union = total - inter
+    empty = total == 0
+    dice = torch.where(empty, 1.0, 2.0 * inter / total.clamp(min=1))
+    iou = torch.where(empty, 1.0, inter / union.clamp(min=1))
+    return dice.numpy(), iou.numpy()

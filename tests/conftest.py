@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -79,3 +80,51 @@ def pretrained_demo(demo_dir, tmp_path_factory) -> str:
     run_bundle("train.yaml", dataset_dir=demo_dir, datalist=datalist, output_dir=str(root), epochs=6,
                val_interval=100, **TINY)
     return os.path.join(str(root), "models", "model.pt")
+
+
+# ---- small helpers the bundle tests share ----------------------------------------------------------
+
+
+def read_json_strict(path) -> dict:
+    """A metrics JSON; undefined values must have been written as null, never NaN / Infinity."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert "NaN" not in text and "Infinity" not in text, f"{path}: undefined values must be null"
+    return json.loads(text)
+
+
+def exception_text(err: BaseException) -> str:
+    """Messages of an exception and its causes (MONAI wraps config errors in RuntimeError)."""
+    text = []
+    while err is not None:
+        text.append(str(err))
+        err = err.__cause__ or err.__context__
+    return " | ".join(text)
+
+
+class LogRecords(logging.Handler):
+    """Collects the 'reclf' logger's records (bundle runs reconfigure the root logger's handlers)."""
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def monai_label_pieces(inference_yaml: str, bundle_root: str):
+    """What MONAI Label's BundleInferTask does: parse the config with bundle_root set to the bundle,
+    instantiate network_def and load models/model.pt into it strictly, take pre/post/inferer.
+
+    Returns (network in eval mode, preprocessing, inferer, postprocessing, parser)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(inference_yaml)
+    parser.config.update({"bundle_root": bundle_root})
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    network.load_state_dict(torch.load(os.path.join(bundle_root, "models", "model.pt"), weights_only=True), strict=True)
+    return (network.eval(), parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer"),
+            parser.get_parsed_content("postprocessing"), parser)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SHARED_DATA, run_bundle
+from conftest import REPO, SHARED_DATA, exception_text, monai_label_pieces, run_bundle
 
 CLS_CONFIGS = os.path.join(REPO, "bundles", "reclf_cls", "configs")
 INFERENCE = os.path.join(CLS_CONFIGS, "inference.yaml")
@@ -24,15 +24,6 @@ COVID = ["COVID-19", "Other pneumonia", "No Finding"]
 
 def _pngs(n: int) -> list[str]:
     return [os.path.join(PNG_DIR, f) for f in sorted(os.listdir(PNG_DIR))[:n]]
-
-
-def _causes(err: BaseException) -> str:
-    """Messages of an exception and its causes (MONAI wraps config errors in RuntimeError)."""
-    text = []
-    while err is not None:
-        text.append(str(err))
-        err = err.__cause__ or err.__context__
-    return " | ".join(text)
 
 
 # ---- inference: the MONAI Label contract ------------------------------------------------------------
@@ -53,20 +44,6 @@ def _classifier_bundle(root, class_names, multi_label: bool, seed: int = 0) -> s
     return str(root)
 
 
-def _monai_label_pieces(bundle_root: str):
-    """What MONAI Label's BundleInferTask does: parse the config with bundle_root set to the bundle,
-    instantiate network_def and load models/model.pt into it strictly, take pre/post/inferer."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(INFERENCE)
-    parser.config.update({"bundle_root": bundle_root})
-    network = parser.get_parsed_content("network_def", instantiate=True)
-    network.load_state_dict(torch.load(os.path.join(bundle_root, "models", "model.pt"), weights_only=True), strict=True)
-    return (network.eval(), parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer"),
-            parser.get_parsed_content("postprocessing"), parser)
-
-
 def test_inference_monai_label_contract(tmp_path):
     from monai.transforms import Compose, MapTransform
 
@@ -84,7 +61,7 @@ def test_inference_monai_label_contract(tmp_path):
     assert [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])] == list(FINDINGS)
 
     root = _classifier_bundle(tmp_path / "reclf_cls", FINDINGS, multi_label=True)
-    network, pre, inferer, post, parser = _monai_label_pieces(root)
+    network, pre, inferer, post, parser = monai_label_pieces(INFERENCE, root)
     assert isinstance(network, ImageClassifier) and network.head.out_features == len(labels)
     assert isinstance(pre, Compose)
     assert all(isinstance(t, MapTransform) and tuple(t.keys) == ("image",) for t in pre.transforms)
@@ -105,7 +82,7 @@ def test_inference_monai_label_contract(tmp_path):
 
     # a multi-class classifier (its model.json) gets a softmax over its own classes
     root3 = _classifier_bundle(tmp_path / "covid", COVID, multi_label=False)
-    network, pre, inferer, post, parser = _monai_label_pieces(root3)
+    network, pre, inferer, post, parser = monai_label_pieces(INFERENCE, root3)
     assert parser.get_parsed_content("class_names") == COVID
     with torch.no_grad():
         probs = torch.as_tensor(post({"pred": inferer(pre({"image": DICOM})["image"][None], network)[0]})["pred"])
@@ -123,7 +100,7 @@ def test_inference_run_writes_predictions(tmp_path):
     assert out["n_samples"] == 3 and out["class_names"] == list(FINDINGS) and out["multi_label"] is True
     assert out["source"] == "input_files" and out["checkpoint"] == os.path.join(root, "models", "model.pt")
     # the command line computes exactly what the MONAI Label pieces compute
-    network, pre, inferer, post, _ = _monai_label_pieces(root)
+    network, pre, inferer, post, _ = monai_label_pieces(INFERENCE, root)
     for record, path in zip(out["predictions"], files):
         with torch.no_grad():
             probs = post({"pred": inferer(pre({"image": path})["image"][None], network)[0]})["pred"]
@@ -154,7 +131,7 @@ def test_inference_run_writes_predictions(tmp_path):
 def test_inference_without_classifier_says_train_first(tmp_path):
     with pytest.raises(Exception) as err:
         run_bundle(INFERENCE, bundle_root=str(tmp_path), input_files=[DICOM], device="cpu")
-    assert "run bundles/reclf_cls/configs/train.yaml first" in _causes(err.value)
+    assert "run bundles/reclf_cls/configs/train.yaml first" in exception_text(err.value)
 
 
 def test_inference_yaml_keys_metadata_and_net_in_out():

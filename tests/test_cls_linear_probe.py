@@ -13,20 +13,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, SHARED_DATA, run_bundle
+from conftest import REPO, SHARED_DATA, read_json_strict, LogRecords, run_bundle
 
 CONFIGS = os.path.join(REPO, "bundles", "reclf_cls", "configs")
 TRAIN = os.path.join(CONFIGS, "train.yaml")
 EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
 CXR_NOTES = os.path.join(SHARED_DATA, "cxr-notes")
 CPU = {"device": "cpu", "image_size": 64, "num_workers": 0, "amp": False}
-
-
-def _json(path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    assert "NaN" not in text and "Infinity" not in text, f"{path}: undefined values must be null"
-    return json.loads(text)
 
 
 def _training_targets(datalist: str, dataset_dir: str):
@@ -36,17 +29,6 @@ def _training_targets(datalist: str, dataset_dir: str):
     items = load_datalist(datalist, dataset_dir, "training", require=["image", "labels"], missing="skip")
     info = label_info(datalist, items)
     return label_targets(items, info["class_names"], info["multi_label"]), info
-
-
-class _Records(logging.Handler):
-    """Collects the 'reclf' logger's records (bundle runs reconfigure the root logger's handlers)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 # ---- pure parts ---------------------------------------------------------------------------------
@@ -121,8 +103,8 @@ def demo_probe(pretrained_demo, demo_dir, tmp_path_factory) -> str:
 
 
 def test_demo_probe_reaches_auroc_target(demo_probe, pretrained_demo):
-    probe = _json(os.path.join(demo_probe, "eval", "linear_probe.json"))
-    meta = _json(os.path.join(demo_probe, "models", "model.json"))
+    probe = read_json_strict(os.path.join(demo_probe, "eval", "linear_probe.json"))
+    meta = read_json_strict(os.path.join(demo_probe, "models", "model.json"))
     assert probe["auroc_mean"] > 0.75, probe  # the issue's target on the demo
     assert probe["n_samples"] == 96 and probe["eval_split"] == "test" and probe["label_seeds"] == [0]
     assert probe["n_train"] == meta["n_train"] == 320 and meta["label_fraction"] == 1.0 and meta["label_seed"] == 0
@@ -158,8 +140,8 @@ def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_de
 def test_evaluate_writes_design_keys_and_matches_training_report(demo_probe, demo_dir):
     run_bundle(EVALUATE, dataset_dir=demo_dir, datalist=os.path.join(demo_dir, "datalist.json"),
                output_dir=demo_probe, **CPU)
-    metrics = _json(os.path.join(demo_probe, "eval", "metrics.json"))
-    probe = _json(os.path.join(demo_probe, "eval", "linear_probe.json"))
+    metrics = read_json_strict(os.path.join(demo_probe, "eval", "metrics.json"))
+    probe = read_json_strict(os.path.join(demo_probe, "eval", "linear_probe.json"))
     keys = ["acc", "macro_f1", "auroc_mean", *(f"auroc/{c}" for c in ("opacity", "effusion", "nodule",
                                                                       "pneumothorax", "atelectasis", "cardiomegaly"))]
     for key in [*keys, "n_samples", "eval_split", "checkpoint", "label_fraction", "label_seed", "n_train"]:
@@ -194,7 +176,7 @@ def test_missing_pretrained_warns_and_probes_label_fraction_with_seeds(tiny_data
         json.dump(content, f)
     targets, _ = _training_targets(datalist, str(tmp_path))
     out = str(tmp_path / "out")
-    records = _Records()
+    records = LogRecords(logging.WARNING)
     logging.getLogger("reclf").addHandler(records)
     try:
         run_bundle(TRAIN, dataset_dir=str(tmp_path), datalist=datalist, output_dir=out,
@@ -203,8 +185,8 @@ def test_missing_pretrained_warns_and_probes_label_fraction_with_seeds(tiny_data
     finally:
         logging.getLogger("reclf").removeHandler(records)
     assert any("not found: starting from random init" in m for m in records.messages), records.messages
-    probe = _json(os.path.join(out, "eval", "linear_probe.json"))
-    meta = _json(os.path.join(out, "models", "model.json"))
+    probe = read_json_strict(os.path.join(out, "eval", "linear_probe.json"))
+    meta = read_json_strict(os.path.join(out, "models", "model.json"))
     sizes = [len(stratified_subset(targets, 0.1, s)) for s in (0, 1, 2)]
     assert [probe[f"seed{s}/n_train"] for s in (0, 1, 2)] == sizes and max(sizes) < 64
     assert meta["pretrained_ckpt"] is None and meta["label_seed"] == 0 and meta["label_seeds"] == [0, 1, 2]
@@ -215,11 +197,11 @@ def test_missing_pretrained_warns_and_probes_label_fraction_with_seeds(tiny_data
     assert probe["auroc/cardiomegaly"] is None and probe["std/auroc/cardiomegaly"] is None
     # evaluate: the undefined AUROC is null, label fraction and seed come from model.json
     run_bundle(EVALUATE, dataset_dir=str(tmp_path), datalist=datalist, output_dir=out, **CPU)
-    metrics = _json(os.path.join(out, "eval", "metrics.json"))
+    metrics = read_json_strict(os.path.join(out, "eval", "metrics.json"))
     assert metrics["auroc/cardiomegaly"] is None and metrics["n_samples"] == 32
     assert metrics["label_fraction"] == 0.1 and metrics["label_seed"] == 0 and metrics["label_seeds"] == [0, 1, 2]
     run_bundle(EVALUATE, dataset_dir=str(tmp_path), datalist=datalist, output_dir=out, eval_split="all", **CPU)
-    metrics = _json(os.path.join(out, "eval", "metrics.json"))
+    metrics = read_json_strict(os.path.join(out, "eval", "metrics.json"))
     assert metrics["n_samples"] == 128 and metrics["eval_split"] == "all"
     assert metrics["auroc/cardiomegaly"] is not None  # training/validation items have cardiomegaly
 
@@ -238,12 +220,12 @@ def test_covid_notes_multiclass_train_and_evaluate(pretrained, tmp_path):
     out = str(tmp_path / "out")
     run_bundle(TRAIN, dataset_dir=CXR_NOTES, datalist=datalist, output_dir=out,
                pretrained_ckpt=os.path.join(pretrained, "models", "model.pt"), epochs=30, **CPU)
-    meta = _json(os.path.join(out, "models", "model.json"))
+    meta = read_json_strict(os.path.join(out, "models", "model.json"))
     assert meta["multi_label"] is False and meta["class_names"] == ["COVID-19", "Other pneumonia", "No Finding"]
     assert meta["n_train"] == n_train  # unlabelled ('todo') rows are skipped
     run_bundle(EVALUATE, dataset_dir=CXR_NOTES, datalist=datalist, output_dir=out, **CPU)
-    metrics = _json(os.path.join(out, "eval", "metrics.json"))
-    probe = _json(os.path.join(out, "eval", "linear_probe.json"))
+    metrics = read_json_strict(os.path.join(out, "eval", "metrics.json"))
+    probe = read_json_strict(os.path.join(out, "eval", "linear_probe.json"))
     assert metrics["n_samples"] == n_test and metrics["eval_split"] == "test"
     for key in ("acc", "macro_f1", "auroc_mean", "auroc/COVID-19", "auroc/Other pneumonia", "auroc/No Finding"):
         assert metrics[key] is None or 0.0 <= metrics[key] <= 1.0, key

@@ -1,0 +1,128 @@
+"""A 2-D U-Net whose encoder is the pretrained ResNet image tower: the network of the reclf_seg bundle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..utils import as_bool, as_optional_path
+from .classifier import load_image_tower, pretrained_image_encoder_name
+from .image_encoder import RESNET_SPECS, ImageEncoder
+
+# the stride-2 stages the decoder climbs back through: stem (H/2), layer1 (H/4), layer2 (H/8),
+# layer3 (H/16), layer4 (H/32); the input side must be a multiple of this
+STRIDE = 32
+
+
+class DecoderBlock(nn.Module):
+    """×2 nearest upsampling, concatenation with the skip, two 3×3 conv-BN-ReLU.
+
+    Forward: x (B, C_in, h, w), skip (B, C_skip, 2h, 2w) → (B, C_out, 2h, 2w).
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels + skip_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+class SegUNet(nn.Module):
+    """U-Net on the pretrained ResNet image tower (:class:`~custom.nets.image_encoder.ImageEncoder`).
+
+    The encoder is the very module the pretraining trains (same class, same parameter names), so a
+    ``reclf_pretrain`` ``model.pt`` loads into it strictly. The decoder climbs from ``layer4``
+    (H/32) to H/2 in four upsampling blocks, each concatenating the encoder stage of its
+    resolution: ``layer3`` (H/16), ``layer2`` (H/8), ``layer1`` (H/4) and the stem (H/2); a 1×1
+    convolution gives logits at H/2, upsampled bilinearly to H. A decoder block at full resolution
+    would cost as much as the whole encoder on a CPU (measured: ~2× slower training at 128 px) for
+    a boundary refinement of one pixel; the decoder is also kept thin (128 → 16 channels) so that
+    the encoder, the part pretraining informs, dominates the cost.
+
+    Args:
+        image_encoder: ``resnet18`` | ``resnet34`` | ``resnet50`` (ignored when ``pretrained_ckpt``
+            is given: the checkpoint's own encoder, from its ``model.json``, is used).
+        pretrained_ckpt: a ``reclf_pretrain`` ``model.pt`` whose image tower initialises the
+            encoder; ``""`` = random init (the baseline).
+        freeze_encoder: keep the encoder fixed: no gradients (nor autograd graph), eval-mode batch
+            norm (the pretraining statistics); only the decoder trains.
+        out_channels: logit channels (1: one foreground class, sigmoid).
+        decoder_channels: output channels of the four decoder blocks, deepest first.
+
+    Forward: images (B, 1, H, W) in [0, 1], H and W multiples of 32 → logits (B, out_channels, H, W).
+    """
+
+    def __init__(
+        self,
+        image_encoder: str = "resnet18",
+        pretrained_ckpt: Any = "",
+        freeze_encoder: Any = False,
+        out_channels: int = 1,
+        decoder_channels: Sequence[int] = (128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        ckpt = as_optional_path(pretrained_ckpt)
+        name = pretrained_image_encoder_name(ckpt) if ckpt else str(image_encoder)
+        if name not in RESNET_SPECS:
+            raise ValueError(f"image_encoder: expected one of {sorted(RESNET_SPECS)}, got {name!r}")
+        if len(decoder_channels) != 4:
+            raise ValueError(f"decoder_channels: expected 4 values (one per decoder block), got {decoder_channels!r}")
+        self.encoder_name = name
+        self.encoder = ImageEncoder(name)
+        if ckpt:
+            load_image_tower(self.encoder, ckpt)
+        self.freeze_encoder = as_bool(freeze_encoder, "freeze_encoder")
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+        # encoder stage widths: stem 64, then 64·e, 128·e, 256·e, 512·e (e = 4 for bottleneck blocks)
+        expansion = RESNET_SPECS[name][3] // 512
+        skips = (256 * expansion, 128 * expansion, 64 * expansion, 64)
+        widths = [512 * expansion, *map(int, decoder_channels)]
+        self.decoder = nn.ModuleList(DecoderBlock(widths[i], skips[i], widths[i + 1]) for i in range(4))
+        self.head = nn.Conv2d(widths[-1], int(out_channels), kernel_size=1)
+
+    def train(self, mode: bool = True) -> SegUNet:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # frozen: batch-norm statistics stay those of pretraining
+        return self
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder stages, shallowest first: stem (B, 64, H/2, W/2), layer1 (H/4), layer2 (H/8),
+        layer3 (H/16), layer4 (B, 512·e, H/32, W/32)."""
+        enc = self.encoder
+        net = enc.backbone
+        x = (images - enc.mean) / enc.std  # the pretraining's input normalisation
+        stem = net.act(net.bn1(net.conv1(x)))
+        x = net.maxpool(stem) if not net.no_max_pool else stem
+        l1 = net.layer1(x)
+        l2 = net.layer2(l1)
+        l3 = net.layer3(l2)
+        return [stem, l1, l2, l3, net.layer4(l3)]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if height % STRIDE or width % STRIDE:
+            raise ValueError(f"SegUNet input {height}x{width}: both sides must be multiples of {STRIDE} (image_size)")
+        if self.freeze_encoder:
+            with torch.no_grad():  # nothing to back-propagate into: keep no encoder graph
+                stages = self.encode(images)
+        else:
+            stages = self.encode(images)
+        x = stages[-1]
+        for block, skip in zip(self.decoder, stages[-2::-1]):  # layer3, layer2, layer1, stem
+            x = block(x, skip)
+        return F.interpolate(self.head(x), size=(height, width), mode="bilinear", align_corners=False)
