@@ -160,6 +160,40 @@ class RECLFModel(nn.Module):
             raise ValueError("objective 'convirt' has no local similarity")
         return self.scorer.score_all(image["regions"], image.get("positions"), text["words"], text["word_mask"])
 
+    def matched_pair_details(self, image: dict, text: dict) -> dict[str, torch.Tensor | None]:
+        """The intermediate tensors of S_local for each matched pair (image b with report b).
+
+        The scorer's own ``score_groups(..., details=True)`` on the top-K group layout (G = B
+        pairs, Nv = Ne = 1), so what is shown is exactly what the loss computes; the training
+        path does not go through here.
+
+        Args:
+            image: :meth:`encode_image` output for B images. text: :meth:`encode_text` for B reports.
+
+        Returns:
+            ``score`` (B,) S_local(b, b); ``attention`` (B, T, R) word→region α (sums to 1 over R;
+            padded word slots hold values that mean nothing); ``word_similarity`` (B, T) s_k;
+            ``importance`` (B, T) IRM β (uniform over valid words when ``irm`` is off; None for
+            GLoRIA); ``srm_attention`` (B, heads, T, T) the last SRM layer's word→word attention
+            (None without SRM); ``word_mask`` (B, T).
+        """
+        if self.scorer is None:
+            raise ValueError("objective 'convirt' has no local matchings: no word→region attention to show")
+        words, word_mask = text["words"], text["word_mask"]
+        score, details = self.scorer.score_groups(
+            image["regions"].unsqueeze(1), image.get("positions"), words.unsqueeze(1), word_mask.unsqueeze(1),
+            details=True,
+        )
+
+        def pair(name: str) -> torch.Tensor | None:
+            value = details.get(name)
+            return None if value is None else value[:, 0, 0]
+
+        return {
+            "score": score[:, 0, 0], "attention": pair("attention"), "word_similarity": pair("word_similarity"),
+            "importance": pair("importance"), "srm_attention": pair("srm_attention"), "word_mask": word_mask,
+        }
+
     # ---- training forward -----------------------------------------------------------------
     def forward(
         self,
