@@ -38,7 +38,11 @@ def _read_pil(path: str) -> np.ndarray:
 
 def _read_dicom(path: str) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom 2: MONAI Label's environment pins pydicom<3
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
     ds = pydicom.dcmread(path, force=True)
     if "PixelData" not in ds:
@@ -48,9 +52,11 @@ def _read_dicom(path: str) -> np.ndarray:
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     syntax = ds.file_meta.TransferSyntaxUID
-    if syntax.is_compressed:
+    try:
         from pydicom.pixels import get_decoder
-
+    except ImportError:  # pydicom 2 has no decoder registry: decoding errors are reported below
+        get_decoder = None
+    if syntax.is_compressed and get_decoder is not None:
         try:
             decoder = get_decoder(syntax)
         except NotImplementedError:
