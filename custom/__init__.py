@@ -10,7 +10,7 @@ import importlib as _importlib
 _SUBMODULES = {
     "data", "demo", "distributed", "engine", "evaluation", "handlers", "io", "losses", "metrics", "nets",
     "optim", "text", "utils", "datasets", "reports", "downstream", "classify", "convert", "zero_shot",
-    "cls_retrieval", "prompts", "linear_probe", "segmentation", "visualize",
+    "cls_retrieval", "prompts", "linear_probe", "segmentation", "visualize", "export",
 }
 
 

@@ -9,6 +9,10 @@ Commands:
               turn a published GLoRIA / MGCA checkpoint into a self-describing reclf checkpoint:
               ``python -m custom convert-checkpoint gloria|mgca PATH --out DIR --text_dir HF_DIR
               [--trust_pickle true]`` (prints what carried over and what was re-initialised)
+    export-bundle
+              write a self-contained model-zoo bundle (folder + zip) with its code and weights:
+              ``python -m custom export-bundle reclf_pretrain|reclf_cls|reclf_seg --out DIR
+              [--weights PATH/model.pt --pretrained PATH/model.pt|none --zip false --overwrite true]``
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ def main() -> None:
     from .convert import main_convert
     from .datasets import preparers
     from .demo import main_demo
+    from .export import main_export
 
     fire.Fire({
         "demo": main_demo,
         "prepare": {name: _quiet_return(f) for name, f in preparers().items()},
         "convert-checkpoint": _quiet_return(main_convert),
+        "export-bundle": _quiet_return(main_export),
     })
 
 
