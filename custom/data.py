@@ -185,7 +185,23 @@ def decode_images(
     return [decoded[n] for n in keep], [items[n] for n in keep]
 
 
-class PretrainDataset(torch.utils.data.Dataset):
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """A dataset of ``items`` whose augmentation is seeded by (``seed``, ``epoch``, index), so a
+    batch depends on neither the worker count nor a resume; the sampler's ``set_epoch`` sets the
+    epoch (see :func:`make_loader`). Subclasses set ``items``, ``seed`` and ``epoch`` in ``__init__``."""
+
+    items: list[dict[str, Any]]
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class PretrainDataset(EpochSeededDataset):
     """Image/report pairs: cached decoding, per-(epoch, index) seeded augmentation, tokenisation.
 
     Augmentation randomness depends only on (seed, epoch, index), whatever the worker count, so
@@ -236,12 +252,6 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.augment = augment_transform() if augment else None
         self.seed = int(seed)
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.images[index]

@@ -43,7 +43,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
-from .data import decode_images, load_datalist
+from .data import EpochSeededDataset, decode_images, load_datalist
 from .downstream import load_weights_strict, read_model_meta, require_checkpoint
 from .distributed import is_main_process, rank, world_size
 from .io import RadiographReadError, read_radiograph
@@ -193,7 +193,7 @@ def decode_pairs(
 # ---- dataset, loader ------------------------------------------------------------------------
 
 
-class SegDataset(torch.utils.data.Dataset):
+class SegDataset(EpochSeededDataset):
     """Image/mask pairs, decoded once; a seeded label-fraction subset; per-(epoch, index) seeded
     augmentation (the same batches whatever the worker count).
 
@@ -232,16 +232,6 @@ class SegDataset(torch.utils.data.Dataset):
         self.augment = augment_pairs() if as_bool(augment, "augment") else None
         self.seed = int(seed)
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def n_nonempty(self) -> int:
-        """Items whose mask has foreground."""
-        return int(self.masks.flatten(1).any(1).sum())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = {"image": self.images[index], "label": self.masks[index].float()}
@@ -515,14 +505,18 @@ class SegEvaluator:
 # ---- inference (the MONAI Label pieces) ---------------------------------------------------------
 
 
-class LoadRadiographMetad(MapTransform):
-    """Read ``image`` paths with :func:`read_radiograph` into (1, H, W) float32 and record, in
-    ``image_meta_dict``, the file and its ``spatial_shape`` (H, W) (what MONAI Label's ``Restored``
-    reads; identity affines: a radiograph has no patient coordinates here)."""
+class _MetaDictTransform(MapTransform):
+    """A dict transform that also writes ``<key>_<meta_key_postfix>`` (MONAI Label's meta dicts)."""
 
     def __init__(self, keys: Sequence[str] = ("image",), meta_key_postfix: str = "meta_dict") -> None:
         super().__init__(keys)
         self.postfix = meta_key_postfix
+
+
+class LoadRadiographMetad(_MetaDictTransform):
+    """Read ``image`` paths with :func:`read_radiograph` into (1, H, W) float32 and record, in
+    ``image_meta_dict``, the file and its ``spatial_shape`` (H, W) (what MONAI Label's ``Restored``
+    reads; identity affines: a radiograph has no patient coordinates here)."""
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         out = dict(data)
@@ -535,13 +529,9 @@ class LoadRadiographMetad(MapTransform):
         return out
 
 
-class RecordResizedShaped(MapTransform):
+class RecordResizedShaped(_MetaDictTransform):
     """Record ``image``'s current spatial shape as ``image_meta_dict["resized_shape"]`` (placed
     between the resize and the padding, so the padding can be cropped off again)."""
-
-    def __init__(self, keys: Sequence[str] = ("image",), meta_key_postfix: str = "meta_dict") -> None:
-        super().__init__(keys)
-        self.postfix = meta_key_postfix
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         out = dict(data)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, SHARED_DATA, run_bundle
+from conftest import REPO, SHARED_DATA, exception_text, run_bundle
 
 CLS_CONFIGS = os.path.join(REPO, "bundles", "reclf_cls", "configs")
 PROMPTS = os.path.join(CLS_CONFIGS, "prompts")
@@ -33,15 +33,6 @@ def _read_json(path: str) -> dict:
 
     with open(path, encoding="utf-8") as f:
         return json.load(f, parse_constant=no_nan)
-
-
-def _error_text(err: BaseException) -> str:
-    """The message of an exception and of every exception it wraps (MONAI wraps config errors)."""
-    parts = []
-    while err is not None:
-        parts.append(str(err))
-        err = err.__cause__ or err.__context__
-    return " | ".join(parts)
 
 
 # ---- prompt files ------------------------------------------------------------------------------
@@ -202,7 +193,7 @@ def test_missing_checkpoint_says_pretrain_first(tmp_path, tiny_datalist, config)
     with pytest.raises(Exception) as err:
         run_bundle(config, dataset_dir=os.path.dirname(tiny_datalist), datalist=tiny_datalist,
                    pretrained_ckpt=str(tmp_path / "nowhere" / "model.pt"), output_dir=str(tmp_path), device="cpu")
-    assert "run reclf_pretrain/configs/train.yaml first" in _error_text(err.value)
+    assert "run reclf_pretrain/configs/train.yaml first" in exception_text(err.value)
     assert not (tmp_path / "eval").exists()
 
 

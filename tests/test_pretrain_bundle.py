@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import PRETRAIN_CONFIGS, REPO, TINY, run_bundle
+from conftest import PRETRAIN_CONFIGS, REPO, TINY, exception_text, run_bundle
 
 PRETRAIN_KEYS = ("objective", "srm", "irm", "local_negatives", "topk", "image_encoder", "image_weights",
                  "text_encoder", "init_ckpt", "resume")
@@ -92,20 +92,11 @@ def test_resume_equals_uninterrupted_run(tiny_datalist, tmp_path):
     assert any(not torch.equal(partial[k], b[k]) for k in b if b[k].is_floating_point())
 
 
-def error_chain(exc: BaseException) -> str:
-    """All messages of an exception and its causes (MONAI wraps config errors in RuntimeError)."""
-    parts = []
-    while exc is not None:
-        parts.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return " | ".join(parts)
-
-
 def test_resume_without_state_is_a_clear_error(tiny_datalist, tmp_path):
     with pytest.raises(Exception) as info:
         run_bundle("train.yaml", dataset_dir=os.path.dirname(tiny_datalist), datalist=tiny_datalist,
                    output_dir=str(tmp_path), epochs=1, resume=True, **TINY)
-    assert "no training state" in error_chain(info.value)
+    assert "no training state" in exception_text(info.value)
 
 
 def test_missing_image_names_the_row(tiny_datalist, tmp_path):
@@ -117,7 +108,7 @@ def test_missing_image_names_the_row(tiny_datalist, tmp_path):
     with pytest.raises(Exception) as info:
         run_bundle("train.yaml", dataset_dir=str(tmp_path), datalist=str(bad), output_dir=str(tmp_path),
                    epochs=1, **TINY)
-    message = error_chain(info.value)
+    message = exception_text(info.value)
     assert "training[3]" in message and "/nonexistent/cxr.png" in message
 
 
