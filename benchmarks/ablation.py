@@ -394,13 +394,15 @@ class AblationStudy:
         settings: :func:`default_settings` merged with command-line overrides.
         dataset_dir, datalist: the data (from :func:`prepare_demo` / :func:`prepare_covid_notes`).
         log: progress messages (default: print).
+        arms: arm name -> pretraining overrides (None: no pretraining); default :data:`ARMS`.
     """
 
     def __init__(self, dataset: str, cache: str, settings: Mapping[str, Any], dataset_dir: str, datalist: str,
-                 log: Callable[[str], None] = print) -> None:
-        unknown = [a for a in settings["arms"] if a not in ARMS]
+                 log: Callable[[str], None] = print, arms: Mapping[str, dict[str, Any] | None] = ARMS) -> None:
+        self.arms = dict(arms)
+        unknown = [a for a in settings["arms"] if a not in self.arms]
         if unknown:
-            raise ValueError(f"--arms: unknown arm(s) {unknown}; choose from {list(ARMS)}")
+            raise ValueError(f"--arms: unknown arm(s) {unknown}; choose from {list(self.arms)}")
         self.dataset, self.cache, self.settings = dataset, os.path.abspath(cache), dict(settings)
         self.dataset_dir, self.datalist, self.log = os.path.abspath(dataset_dir), os.path.abspath(datalist), log
         self.prompts = os.path.join(BUNDLES, "reclf_cls", "configs", "prompts", f"{dataset}.yaml")
@@ -437,7 +439,11 @@ class AblationStudy:
         run_bundle("reclf_pretrain/configs/train.yaml", output_dir=out, epochs=int(self.settings["epochs"]),
                    batch_size=int(self.settings["batch_size"]), lr=float(self.settings["lr"]), seed=int(seed),
                    val_interval=10_000, cache_dir=os.path.join(self.decode_cache, "pretrain"),
-                   **ARMS[arm], **self._common())
+                   **self.arms[arm], **self._common())
+        history = os.path.join(out, "logs", "loss_history.json")
+        if os.path.isfile(history):  # the loss curve, kept: _tidy removes logs/
+            return {f"epoch{e['epoch']}/{k}": v for e in _read_json(history)["epochs"]
+                    for k, v in e.items() if k.startswith("loss")}
         return {}
 
     def _zero_shot(self, ckpt: str, out: str, datalist: str | None = None, prompts: str | None = None) -> dict[str, Any]:
@@ -503,14 +509,14 @@ class AblationStudy:
             return _read_json(done)
         stages: dict[str, dict[str, Any]] = {}
         ckpt = ""
-        if ARMS[arm] is not None:
+        if self.arms[arm] is not None:
             pre_dir = os.path.join(run_dir, "pretrain")
             stages["pretrain"] = self._stage(run_dir, "pretrain", lambda: self._pretrain(arm, seed, pre_dir))
             ckpt = os.path.join(pre_dir, "models", "model.pt")
             stages["zs"] = self._stage(run_dir, "zs", lambda: self._zero_shot(ckpt, os.path.join(run_dir, "zs")))
             if self.side:
                 stages["side"] = self._stage(run_dir, "side", lambda: self._side(ckpt, os.path.join(run_dir, "side")))
-            if self.side and ARMS[arm]["objective"] != "convirt":  # ConVIRT has no word-region attention
+            if self.side and self.arms[arm].get("objective", "reclf") != "convirt":  # ConVIRT has no word-region attention
                 stages["grounding"] = self._stage(run_dir, "grounding", lambda: self._grounding(ckpt))
             stages["ret"] = self._stage(run_dir, "ret", lambda: self._retrieval(ckpt, os.path.join(run_dir, "ret")))
         for fraction in self.settings["probe_fractions"]:

@@ -558,7 +558,9 @@ def convert_checkpoint(
                       "global_scale": 10.0, "local_scale": 10.0, "attention_scale": 4.0, "pooling_scale": 5.0,
                       "learn_scales": False}
         text_pooling = "mean"
-        model = RECLFModel(image, TextEncoder(text_model, pooling=text_pooling), **model_args)
+        readout = {"readout": "sum", "readout_layers": min(4, int(text_model.config.num_hidden_layers))}
+        model = RECLFModel(image, TextEncoder(text_model, pooling=text_pooling, **readout), **model_args)
+        set_values["text_readout"] = f"sum of the last {readout['readout_layers']} layers (GLoRIA's last_n_layers 4, sum)"
         carried["image_projection"] = "global_embedder Linear -> " + linear_into_projection_head(
             model.image_projection, w_g, b_g, nonnegative_input=True)
         with torch.no_grad():
@@ -572,9 +574,8 @@ def convert_checkpoint(
         set_values["word_projection"] = "identity (GLoRIA's word features are the BERT states)"
         set_values["scales"] = "GLoRIA's fixed temperatures: " + fmt.temperature_note
         differences += [
-            "text read-out: reclf uses the last BERT layer, sub-words averaged into words and the report vector the "
-            "mean of its words; GLoRIA sums the last 4 layers, sums sub-words, and averages over padded word slots "
-            "(the BERT weights are GLoRIA's; the features it reads out differ)",
+            "text read-out: both sum the last 4 BERT layers; reclf averages sub-words into words and takes the report "
+            "vector as the mean of its words, GLoRIA sums sub-words and averages over padded word slots too",
             "GLoRIA pooling: reclf's GloriaPoolingScorer (GLoRIA's released attention order, log-sum-exp x5)",
         ]
     else:
@@ -636,7 +637,9 @@ def convert_checkpoint(
                 else "linear probe / segmentation (the image tower); not zero-shot or retrieval: the text "
                      "projection is re-initialised"),
     }
-    model.build_config = {"image_encoder": encoder_name, "text_pooling": text_pooling, "model": model_args,
+    text = model.text_encoder
+    model.build_config = {"image_encoder": encoder_name, "text_pooling": text_pooling, "text_readout": text.readout,
+                          "text_readout_layers": text.readout_layers, "model": model_args,
                           "converted_from": converted_from}
     save_pretrained(model.eval(), tokenizer, out)
     return converted_from

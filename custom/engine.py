@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from .accumulation import accumulated_backward
 from .distributed import is_main_process
 from .nets.factory import unwrap
 from .utils import as_bool, atomic_torch_save, autocast, epoch_seed, seed_everything
@@ -28,6 +29,17 @@ def _set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
     for obj in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
         if obj is not None and hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
+
+
+def current_learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` (the heads', or the first group's) and ``lr_<part>`` of each part's groups."""
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        part = str(group.get("name", "")).split("/")[0]
+        if part and f"lr_{part}" not in rates:
+            rates[f"lr_{part}"] = float(group["lr"])
+    rates["lr"] = rates.get("lr_heads", float(optimizer.param_groups[0]["lr"]))
+    return rates
 
 
 class PretrainTrainer(Engine):
@@ -45,6 +57,9 @@ class PretrainTrainer(Engine):
             epoch); the data order and RNG are functions of (seed, epoch), so the result equals an
             uninterrupted run.
         seed: run seed. grad_clip: max gradient norm (0 = off).
+        grad_accumulation: split each loader batch into this many micro-batches for memory; the
+            loss still spans the whole batch (:mod:`custom.accumulation`), so the loader's batch
+            of ``batch_size × grad_accumulation`` pairs trains as one contrastive batch.
     """
 
     def __init__(
@@ -62,6 +77,7 @@ class PretrainTrainer(Engine):
         resume: bool | str = False,
         seed: int = 0,
         grad_clip: float = 0.0,
+        grad_accumulation: int = 1,
     ) -> None:
         super().__init__(self._iteration)
         self.device = torch.device(device)
@@ -77,6 +93,9 @@ class PretrainTrainer(Engine):
         self.resume = as_bool(resume, "resume")
         self.seed = int(seed)
         self.grad_clip = float(grad_clip)
+        self.grad_accumulation = int(grad_accumulation)
+        if self.grad_accumulation < 1:
+            raise ValueError(f"grad_accumulation: expected an integer >= 1, got {grad_accumulation!r}")
         self.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._save_train_state)
         for handler in train_handlers or ():
@@ -87,18 +106,27 @@ class PretrainTrainer(Engine):
         self.network.train()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp):
-            outputs = self.network(
-                batch["image"], batch["input_ids"], batch["attention_mask"], batch["word_ids"], batch["report_id"]
-            )
-        losses = self.loss_function(outputs, batch["report_id"])
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
-                "lower lr or disable amp; the last good state is in train_state.pt"
-            )
-        self.scaler.scale(loss).backward()
+
+        def check(loss: torch.Tensor) -> None:
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                    "lower lr or disable amp; the last good state is in train_state.pt"
+                )
+
+        size = batch["image"].shape[0]
+        if self.grad_accumulation > 1 and size > 1:
+            micro = -(-size // self.grad_accumulation)
+            losses = accumulated_backward(self.network, batch, micro, self.loss_function, self.device, self.amp,
+                                          scale_loss=self.scaler.scale, check_loss=check)
+        else:
+            with autocast(self.device, self.amp):
+                outputs = self.network(
+                    batch["image"], batch["input_ids"], batch["attention_mask"], batch["word_ids"], batch["report_id"]
+                )
+            losses = self.loss_function(outputs, batch["report_id"])
+            check(losses["loss"])
+            self.scaler.scale(losses["loss"]).backward()
         if self.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
@@ -107,7 +135,7 @@ class PretrainTrainer(Engine):
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         out = {k: float(v.detach()) for k, v in losses.items()}
-        out["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        out.update(current_learning_rates(self.optimizer))
         return out
 
     # ---- epochs, state, resume --------------------------------------------------------------

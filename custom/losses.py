@@ -29,7 +29,17 @@ class GlobalContrastiveLoss(nn.Module):
 
     Each rank scores its own images against all gathered reports and its own reports against all
     gathered images (gradient kept for the local slice).
+
+    Args:
+        image_to_text_weight: λ of L = λ·L(image→text) + (1−λ)·L(text→image); 0.5 is the
+            symmetric InfoNCE, ConVIRT uses 0.75.
     """
+
+    def __init__(self, image_to_text_weight: float = 0.5) -> None:
+        super().__init__()
+        self.image_to_text_weight = float(image_to_text_weight)
+        if not 0.0 <= self.image_to_text_weight <= 1.0:
+            raise ValueError(f"image_to_text_weight: expected a number in [0, 1], got {image_to_text_weight}")
 
     def forward(
         self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, report_ids: torch.Tensor
@@ -39,7 +49,7 @@ class GlobalContrastiveLoss(nn.Module):
         targets = multi_positive_targets(report_ids, gather_with_grad(report_ids))
         i2t = soft_cross_entropy(scale * image @ all_text.t(), targets)
         t2i = soft_cross_entropy(scale * text @ all_image.t(), targets)
-        return 0.5 * (i2t + t2i)
+        return self.image_to_text_weight * i2t + (1.0 - self.image_to_text_weight) * t2i
 
 
 class LocalContrastiveLoss(nn.Module):
@@ -67,15 +77,16 @@ class PretrainLoss(nn.Module):
 
     Args:
         global_weight: λ_g. local_weight: λ_l.
+        image_to_text_weight: the global term's weight of its image→text direction (0.5: symmetric).
 
     Returns a dict: ``loss`` (to back-propagate), ``loss_global``, ``loss_local`` (detached).
     """
 
-    def __init__(self, global_weight: float = 1.0, local_weight: float = 1.0) -> None:
+    def __init__(self, global_weight: float = 1.0, local_weight: float = 1.0, image_to_text_weight: float = 0.5) -> None:
         super().__init__()
         self.global_weight = float(global_weight)
         self.local_weight = float(local_weight)
-        self.global_loss = GlobalContrastiveLoss()
+        self.global_loss = GlobalContrastiveLoss(image_to_text_weight)
         self.local_loss = LocalContrastiveLoss()
 
     def forward(self, outputs: dict[str, torch.Tensor], report_ids: torch.Tensor) -> dict[str, torch.Tensor]:

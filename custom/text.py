@@ -4,6 +4,7 @@ training reports) and the tokenisation that maps sub-word tokens to word indices
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import string
@@ -105,6 +106,7 @@ def prepare_tokenizer(
         tokenizer = train_wordpiece(reports, vocab_size=vocab_size)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("the tokenizer must be a fast (Rust) tokenizer: word alignment needs word_ids()")
+    cap_model_max_length(tokenizer, text_encoder, init_ckpt)
     from .distributed import is_main_process
 
     if is_main_process():  # every rank builds the same tokenizer; one writes it
@@ -112,15 +114,63 @@ def prepare_tokenizer(
     return tokenizer
 
 
+# positions of the built-in small BERT (custom.nets.text_encoder.build_text_model's default)
+SMALL_BERT_POSITIONS = 512
+# transformers' "no limit" sentinel for model_max_length (int(1e30))
+_NO_LIMIT = 10**18
+
+
+def cap_model_max_length(tokenizer, text_encoder: str | None = None, init_ckpt: str | None = None) -> None:
+    """Make ``tokenizer.model_max_length`` the real token limit of the text model it feeds: the
+    smaller of the tokenizer's own limit and the model's ``max_position_embeddings`` (a longer
+    input would index past the position table). :func:`encode_reports` caps ``max_length`` by it."""
+    from transformers import AutoConfig
+
+    source = None
+    if as_optional_path(init_ckpt):
+        source = os.path.join(os.path.dirname(os.path.abspath(init_ckpt)), "text")
+    elif as_optional_path(text_encoder):
+        source = text_encoder
+    positions = SMALL_BERT_POSITIONS
+    if source is not None and os.path.isfile(os.path.join(source, "config.json")):
+        positions = getattr(AutoConfig.from_pretrained(source, local_files_only=True), "max_position_embeddings", None)
+    limit = tokenizer.model_max_length if tokenizer.model_max_length and tokenizer.model_max_length < _NO_LIMIT else None
+    if positions:
+        limit = min(limit or positions, int(positions))
+    if limit:
+        tokenizer.model_max_length = int(limit)
+
+
+def token_limit(tokenizer, max_length: int) -> int:
+    """``max_length`` capped by the tokenizer's limit (logged once when it is lowered)."""
+    max_length = int(max_length)
+    if max_length < 3:
+        raise ValueError(f"max_length: expected at least 3 tokens ([CLS] word [SEP]), got {max_length}")
+    limit = tokenizer.model_max_length
+    if limit and limit < _NO_LIMIT and max_length > limit:
+        key = (id(tokenizer), max_length)
+        if key not in _CAPPED:
+            _CAPPED.add(key)
+            logging.getLogger("reclf").warning(
+                "max_length %d exceeds the text model's limit of %d tokens: using %d", max_length, limit, limit
+            )
+        return int(limit)
+    return max_length
+
+
+_CAPPED: set[tuple[int, int]] = set()
+
+
 def encode_reports(tokenizer, reports: Sequence[str], max_length: int = 128) -> dict[str, np.ndarray]:
     """Tokenise reports and map every token to the index of the word it belongs to.
 
     Returns ``input_ids`` and ``attention_mask`` (N, L) and ``word_ids`` (N, L) with -1 for special
     tokens, padding and punctuation-only words (which carry no finding or location), word
-    indices renumbered 0..W-1 per report. Padded to the longest report (at most ``max_length``).
+    indices renumbered 0..W-1 per report. Padded to the longest report (at most ``max_length``,
+    itself capped by the tokenizer's limit, see :func:`token_limit`).
     """
     enc = tokenizer(
-        [normalize_report(r) for r in reports], max_length=int(max_length), truncation=True,
+        [normalize_report(r) for r in reports], max_length=token_limit(tokenizer, max_length), truncation=True,
         padding="longest", return_offsets_mapping=True,
     )
     input_ids = np.asarray(enc["input_ids"], dtype=np.int64)

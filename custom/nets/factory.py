@@ -11,6 +11,7 @@ import torch
 
 from ..utils import as_bool, as_optional_path
 from .image_encoder import ImageEncoder
+from .freezing import freeze_parts
 from .reclf import RECLFModel
 from .text_encoder import TextEncoder, build_text_model, build_text_model_from_config
 
@@ -24,7 +25,11 @@ def build_reclf_model(
     text_encoder: str | None = None,
     text_config: dict[str, Any] | None = None,
     text_pooling: str = "mean",
+    text_readout: str = "last",
+    text_readout_layers: int = 1,
     init_ckpt: str | None = None,
+    freeze_text_layers: int | str = 0,
+    freeze_image: str = "none",
     **model_args: Any,
 ) -> RECLFModel:
     """The pretraining network from top-level config values.
@@ -35,26 +40,41 @@ def build_reclf_model(
         text_encoder: local Hugging Face folder, or ''/None for a small BERT from config.
         text_config: overrides of the small BERT (hidden_size, num_hidden_layers, ...).
         text_pooling: report vector from the ``mean`` of word states or the ``cls`` token.
+        text_readout, text_readout_layers: token states from the ``last`` layer, or the ``mean`` /
+            ``sum`` of the last k layers (GLoRIA: sum of 4).
         init_ckpt: a previous pretraining ``model.pt`` to start from (loaded strictly).
+        freeze_text_layers: 0, N (text embeddings + the first N layers) or ``all``.
+        freeze_image: ``none`` | ``stem`` | ``layer1``..``layer4`` (up to and including) | ``all``.
         model_args: :class:`RECLFModel` keyword arguments (objective, srm, irm, ...).
 
     The returned model carries ``build_config`` (what :func:`save_pretrained` writes to
-    ``model.json``) so that a checkpoint rebuilds it without the original config.
+    ``model.json``) so that a checkpoint rebuilds it without the original config, and
+    ``pretrained_parts`` (which towers start from pretrained weights: their ``auto`` learning
+    rates in :func:`custom.optim.build_optimizer` are fine-tuning rates).
     """
     unknown = set(model_args) - set(MODEL_ARGS)
     if unknown:
         raise TypeError(f"unknown model arguments {sorted(unknown)}; expected a subset of {list(MODEL_ARGS)}")
     model_args = {k: _plain(k, v) for k, v in model_args.items()}
-    image = ImageEncoder(image_encoder, weights=None if as_optional_path(init_ckpt) else image_weights)
-    text = TextEncoder(build_text_model(text_encoder, tokenizer, **(text_config or {})), pooling=text_pooling)
-    model = RECLFModel(image, text, **model_args)
-    model.build_config = {"image_encoder": image_encoder, "text_pooling": text_pooling, "model": model_args}
     init_ckpt = as_optional_path(init_ckpt)
+    image = ImageEncoder(image_encoder, weights=None if init_ckpt else image_weights)
+    text_model = build_text_model(text_encoder, tokenizer, **(text_config or {}))
+    text = TextEncoder(text_model, pooling=text_pooling, readout=text_readout, readout_layers=text_readout_layers)
+    model = RECLFModel(image, text, **model_args)
+    model.build_config = {"image_encoder": image_encoder, "text_pooling": text_pooling,
+                          "text_readout": text.readout, "text_readout_layers": text.readout_layers, "model": model_args}
+    model.pretrained_parts = {
+        "image": bool(init_ckpt or as_optional_path(image_weights)),
+        "text": bool(init_ckpt or as_optional_path(text_encoder)),
+    }
     if init_ckpt is not None:
         load_state_dict_strict(model, init_ckpt)
+    freeze_parts(model, freeze_text_layers, freeze_image)
     return model
 
 
+# the model.json entries that rebuild the network (beside "model", the RECLFModel arguments)
+BUILD_KEYS = ("image_encoder", "text_pooling", "text_readout", "text_readout_layers", "model")
 _BOOL_ARGS = ("srm", "irm", "srm_word_bias", "learn_scales", "checkpoint_chunks")
 
 
@@ -119,8 +139,10 @@ def load_pretrained(ckpt: str, device: str | torch.device = "cpu"):
     text = TextEncoder(
         build_text_model_from_config(AutoConfig.from_pretrained(text_dir, local_files_only=True)),
         pooling=meta.get("text_pooling", "mean"),
+        readout=meta.get("text_readout", "last"),
+        readout_layers=meta.get("text_readout_layers", 1),
     )
     model = RECLFModel(ImageEncoder(meta["image_encoder"]), text, **meta["model"])
-    model.build_config = {k: meta[k] for k in ("image_encoder", "text_pooling", "model") if k in meta}
+    model.build_config = {k: meta[k] for k in BUILD_KEYS if k in meta}
     load_state_dict_strict(model, ckpt)
     return model.to(device).eval(), tokenizer

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 
 from ..utils import as_optional_path
+from .image_weights import read_resnet_state_dict
 
 # (block, layers, local-grid channels (layer3), global channels (layer4))
 RESNET_SPECS: dict[str, tuple[type, list[int], int, int]] = {
@@ -45,23 +48,21 @@ def build_resnet(name: str) -> ResNet:
 
 
 def load_torchvision_weights(net: ResNet, path: str) -> None:
-    """Load a torchvision-format ResNet state dict (e.g. ``resnet50-0676ba61.pth``) strictly.
+    """Load a ResNet weights file into ``net`` strictly, in torchvision's layout.
 
-    The classifier ``fc.*`` is dropped (the encoder has none); every other key must match.
+    A torchvision state dict (e.g. ``resnet50-0676ba61.pth``) loads as it is; a timm, MONAI or
+    Lightning file is converted where the mapping is unambiguous (prefix stripped, ``fc.*``
+    dropped, an RGB ``conv1`` summed to one channel) and otherwise refused with a ``ValueError``
+    saying what the file holds: :func:`~custom.nets.image_weights.read_resnet_state_dict`.
+    What was converted is logged.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    if "conv1.weight" in state and state["conv1.weight"].shape[1] == 3:
-        state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    expected = {k: v.shape for k, v in net.state_dict().items()}
+    state, description = read_resnet_state_dict(path, expected)
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"image_weights {path!r} is not a torchvision state dict for this ResNet "
-            f"(check image_encoder matches the file): {err}"
-        ) from err
+    except RuntimeError as err:  # the reader returns exactly the expected names and shapes
+        raise ValueError(f"image_weights {path!r} did not load into this ResNet: {err}") from err
+    logging.getLogger("reclf").info("image_weights %s: %s", path, description)
 
 
 class ImageEncoder(nn.Module):
@@ -69,7 +70,9 @@ class ImageEncoder(nn.Module):
 
     Args:
         name: ``resnet18`` | ``resnet34`` | ``resnet50``.
-        weights: optional path to a torchvision-format ImageNet state dict, loaded strictly.
+        weights: optional path to ResNet weights: a torchvision-format ImageNet state dict, loaded
+            strictly, or a timm / MONAI / Lightning file converted when unambiguous
+            (:func:`load_torchvision_weights`).
 
     Forward:
         images: (B, 1, H, W) intensities in [0, 1].

@@ -104,6 +104,7 @@ class RECLFModel(nn.Module):
         self.image_projection = ProjectionHead(image_encoder.global_channels, embed_dim)
         self.text_projection = ProjectionHead(text_encoder.hidden_size, embed_dim)
         self.global_scale = LogScale(global_scale, learnable=learn_scales)
+        self.frozen_modules: list[str] = []  # set by custom.nets.freezing.freeze_parts
         self.scorer: LocalScorer | None = None
         if self.objective != "convirt":
             self.region_projection = nn.Conv2d(image_encoder.local_channels, local_dim, kernel_size=1)
@@ -124,6 +125,14 @@ class RECLFModel(nn.Module):
                     learn_scales=learn_scales, chunk_pairs=chunk_pairs,
                     checkpoint_chunks=as_bool(checkpoint_chunks, "checkpoint_chunks"), chunk_elements=chunk_elements,
                 )
+
+    def train(self, mode: bool = True) -> "RECLFModel":
+        """As ``nn.Module.train``, but frozen parts stay in eval mode (fixed batch-norm statistics,
+        no dropout): a frozen part is a fixed function."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            self.get_submodule(name).eval()
+        return self
 
     # ---- towers -------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, local: bool = True) -> dict[str, torch.Tensor]:
@@ -195,6 +204,56 @@ class RECLFModel(nn.Module):
         }
 
     # ---- training forward -----------------------------------------------------------------
+    def encode(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-pair features of a batch: everything :meth:`contrast` needs, nothing across pairs.
+
+        Returns ``image_global``, ``text_global`` (B, D_g) and for local objectives ``regions``
+        (B, R, D_l), ``words`` (B, W, D_l), ``word_mask`` (B, W), ``grid_size`` (h, w), and
+        ``positions`` (R, Dp) for RECLF. Gradient accumulation caches these for the whole effective
+        batch (:mod:`custom.accumulation`), so every pair of it meets every other in the loss.
+        """
+        image = self.encode_image(images)
+        text = self.encode_text(input_ids, attention_mask, word_ids)
+        feats = {"image_global": image["global"], "text_global": text["global"]}
+        if self.scorer is not None:
+            feats.update(regions=image["regions"], words=text["words"], word_mask=text["word_mask"],
+                         grid_size=image["grid_size"])
+            if "positions" in image:
+                feats["positions"] = image["positions"]
+        return feats
+
+    def contrast(self, feats: dict[str, torch.Tensor], report_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The loss inputs of a batch from :meth:`encode`'s features (all pairs of the batch).
+
+        ``positions`` may be absent (a cached batch): they depend on parameters only and are
+        recomputed here, so their gradient reaches the position code directly.
+        """
+        out = {"image_global": feats["image_global"], "text_global": feats["text_global"],
+               "global_scale": self.global_scale()}
+        if self.scorer is None:
+            return out
+        regions, words, word_mask = feats["regions"], feats["words"], feats["word_mask"]
+        positions = feats.get("positions")
+        if positions is None and self.objective == "reclf":
+            positions = self.position_code(*feats["grid_size"])
+        scale = self.local_scale()
+        if self.local_negatives == "all":
+            out["local_logits"] = scale * self.scorer.score_all(regions, positions, words, word_mask)
+            return out
+        if report_ids is None:
+            report_ids = torch.arange(regions.shape[0], device=regions.device)
+        same = report_ids.view(-1, 1) == report_ids.view(1, -1)
+        cand = self.scorer.score_topk(
+            regions, positions, words, word_mask, feats["image_global"] @ feats["text_global"].t(), same, self.topk
+        )
+        out.update(
+            local_row_logits=scale * cand["row_scores"], local_row_valid=cand["row_valid"],
+            local_col_logits=scale * cand["col_scores"], local_col_valid=cand["col_valid"],
+        )
+        return out
+
     def forward(
         self,
         images: torch.Tensor,
@@ -203,27 +262,4 @@ class RECLFModel(nn.Module):
         word_ids: torch.Tensor,
         report_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        image = self.encode_image(images)
-        text = self.encode_text(input_ids, attention_mask, word_ids)
-        out = {"image_global": image["global"], "text_global": text["global"], "global_scale": self.global_scale()}
-        if self.scorer is None:
-            return out
-        scale = self.local_scale()
-        positions = image.get("positions")
-        if self.local_negatives == "all":
-            out["local_logits"] = scale * self.scorer.score_all(
-                image["regions"], positions, text["words"], text["word_mask"]
-            )
-            return out
-        if report_ids is None:
-            report_ids = torch.arange(images.shape[0], device=images.device)
-        same = report_ids.view(-1, 1) == report_ids.view(1, -1)
-        cand = self.scorer.score_topk(
-            image["regions"], positions, text["words"], text["word_mask"],
-            image["global"] @ text["global"].t(), same, self.topk,
-        )
-        out.update(
-            local_row_logits=scale * cand["row_scores"], local_row_valid=cand["row_valid"],
-            local_col_logits=scale * cand["col_scores"], local_col_valid=cand["col_valid"],
-        )
-        return out
+        return self.contrast(self.encode(images, input_ids, attention_mask, word_ids), report_ids)
