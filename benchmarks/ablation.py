@@ -56,6 +56,7 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "random_init": None,  # no pretraining: image-side tasks from a random-init encoder
     "convirt": {"objective": "convirt"},
     "gloria": {"objective": "gloria"},
+    "reclf_no_srm_no_irm": {"objective": "reclf", "srm": False, "irm": False},
     "reclf_no_srm": {"objective": "reclf", "srm": False},
     "reclf_no_irm": {"objective": "reclf", "irm": False},
     "reclf": {"objective": "reclf"},
@@ -64,7 +65,7 @@ ARMS: dict[str, dict[str, Any] | None] = {
 
 ARM_LABELS = {
     "random_init": "random init", "convirt": "ConVIRT (global)", "gloria": "GLoRIA pooling",
-    "reclf_no_srm": "RECLF − SRM", "reclf_no_irm": "RECLF − IRM", "reclf": "RECLF (full)",
+    "reclf_no_srm_no_irm": "RECLF − SRM − IRM", "reclf_no_srm": "RECLF − SRM", "reclf_no_irm": "RECLF − IRM", "reclf": "RECLF (full)",
 }
 
 LATERAL_FINDINGS = ("opacity", "effusion", "nodule", "pneumothorax", "atelectasis")
@@ -325,10 +326,11 @@ def prepare_covid_notes(cache: str, root: str, datalist: str | None) -> tuple[st
     return root, out
 
 
-def side_tasks(datalist: str, cache: str, prompts_file: str) -> dict[str, tuple[str, str]]:
+def side_tasks(datalist: str, cache: str, prompts_file: str, splits: Sequence[str] = ("validation", "test"),
+               folder: str = "side_tasks") -> dict[str, tuple[str, str]]:
     """The compositional finding × side sets of the demo: {finding: (datalist, prompts)}.
 
-    Rows: validation + test studies with two lateral findings on opposite sides, one row per
+    Rows: ``splits`` (default validation + test) studies with two lateral findings on opposite sides, one row per
     lateral finding F of such a study, label 0 = F on the patient's left, 1 = right
     (``label_names`` ``["left F", "right F"]``). Prompts: the demo prompt file's templates of F
     with ``side`` fixed to one value per class (its bilateral ``phrases`` and ``negative`` left out).
@@ -340,11 +342,11 @@ def side_tasks(datalist: str, cache: str, prompts_file: str) -> dict[str, tuple[
     with open(prompts_file, encoding="utf-8") as f:
         prompts = yaml.safe_load(f)
     out: dict[str, tuple[str, str]] = {}
-    folder = os.path.join(cache, "side_tasks")
+    folder = os.path.join(cache, folder)
     os.makedirs(folder, exist_ok=True)
     for finding in LATERAL_FINDINGS:
         rows = []
-        for split in ("validation", "test"):
+        for split in splits:
             for item in content.get(split, []):
                 lateral = [f for f in item.get("findings", []) if f.get("side") in ("left", "right")]
                 if len(lateral) < 2 or len({f["side"] for f in lateral}) < 2:

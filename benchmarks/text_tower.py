@@ -10,7 +10,8 @@ each arm is ``reclf_pretrain/configs/train.yaml`` with the defaults (objective r
 - ``small_bert``: the built-in 2-layer BERT over a WordPiece vocabulary of the training notes;
 - ``pretrained``: ``--text_encoder DIR`` (its text tower trains at the ``auto`` fine-tuning rate);
 - ``pretrained_freeze``: the same with the text embeddings and the first half of its layers frozen
-  (ConVIRT's recipe freezes the embeddings and the first 6 of 12 layers).
+  (ConVIRT's recipe freezes the embeddings and the first 6 of 12 layers);
+- ``pretrained_text_lr_1e-4``: the text tower at 1e-4 instead of the ``auto`` 2e-5 (sensitivity).
 
 Scored on the test split (unseen patients): the pretraining loss curve (epoch means), image↔text
 retrieval R@5 / R@10 with their chance level (K / distinct notes), and zero-shot accuracy /
@@ -35,7 +36,8 @@ from benchmarks.ablation import (AblationStudy, _float_list, _int_list, _read_js
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 ARM_LABELS = {"small_bert": "small BERT (random init)", "pretrained": "pretrained tower",
-              "pretrained_freeze": "pretrained, lower half frozen"}
+              "pretrained_freeze": "pretrained, lower half frozen",
+              "pretrained_text_lr_1e-4": "pretrained, text_lr 1e-4"}
 
 
 def default_text_encoder() -> str:
@@ -55,12 +57,15 @@ def text_tower_arms(text_encoder: str) -> dict[str, dict[str, Any]]:
         "small_bert": {},
         "pretrained": {"text_encoder": text_encoder},
         "pretrained_freeze": {"text_encoder": text_encoder, "freeze_text_layers": layers // 2},
+        # sensitivity: the text tower at 5x the auto fine-tuning rate
+        "pretrained_text_lr_1e-4": {"text_encoder": text_encoder, "text_lr": 1.0e-4},
     }
 
 
 def default_settings() -> dict[str, Any]:
     return {"seeds": [0, 1, 2], "image_size": 128, "batch_size": 16, "lr": 1.0e-3, "epochs": 15,
-            "arms": ["small_bert", "pretrained", "pretrained_freeze"], "probe_fractions": [], "seg_fractions": []}
+            "arms": ["small_bert", "pretrained", "pretrained_freeze", "pretrained_text_lr_1e-4"],
+            "probe_fractions": [], "seg_fractions": []}
 
 
 def chance(k: int, n: Any) -> float | None:

@@ -10,7 +10,8 @@ import importlib as _importlib
 _SUBMODULES = {
     "data", "demo", "distributed", "engine", "evaluation", "handlers", "io", "losses", "metrics", "nets",
     "optim", "text", "utils", "datasets", "reports", "downstream", "classify", "convert", "zero_shot",
-    "cls_retrieval", "prompts", "linear_probe", "segmentation", "visualize", "export",
+    "cls_retrieval", "prompts", "linear_probe", "segmentation", "visualize", "export", "accumulation",
+    "checkpoints", "inference", "textfiles", "errors", "config_check", "labels",
 }
 
 
@@ -20,3 +21,13 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _install_error_hook() -> None:
+    # a bundle run's uncaught error ends with the project's own message (custom/errors.py)
+    from .errors import install_excepthook
+
+    install_excepthook()
+
+
+_install_error_hook()

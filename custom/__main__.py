@@ -9,6 +9,9 @@ Commands:
               turn a published GLoRIA / MGCA checkpoint into a self-describing reclf checkpoint:
               ``python -m custom convert-checkpoint gloria|mgca PATH --out DIR --text_dir HF_DIR
               [--trust_pickle true]`` (prints what carried over and what was re-initialised)
+    cache     decode a datalist's images once into the uint8 training cache (what ``cache_dir`` reads):
+              ``python -m custom cache --datalist D --cache_dir C --image_size 224 [--dataset_dir R
+              --split all --workers N --task pretrain|seg]`` (prints the time and the cache size)
     export-bundle
               write a self-contained model-zoo bundle (folder + zip) with its code and weights:
               ``python -m custom export-bundle reclf_pretrain|reclf_cls|reclf_seg --out DIR
@@ -39,12 +42,14 @@ def main() -> None:
     from .datasets import preparers
     from .demo import main_demo
     from .export import main_export
+    from .image_cache import main_cache
 
     fire.Fire({
         "demo": main_demo,
         "prepare": {name: _quiet_return(f) for name, f in preparers().items()},
         "convert-checkpoint": _quiet_return(main_convert),
         "export-bundle": _quiet_return(main_export),
+        "cache": _quiet_return(main_cache),
     })
 
 

@@ -157,19 +157,26 @@ class ClassifierPredictor:
 
     @torch.no_grad()
     def run(self) -> str:
-        from monai.data import DataLoader, Dataset
+        from .inference import TolerantItems, collate_ok, report_skipped
 
         ckpt = require_classifier(self.ckpt)
         load_classifier_weights(self.network, ckpt)
         net = self.network.to(self.device).eval()
         items, source = self._items()
-        # preprocessing sees {"image": path, "index": n}: exactly what MONAI Label hands it (plus an index)
-        dataset = Dataset([{"image": it["image"], "index": n} for n, it in enumerate(items)],
-                          transform=self.preprocessing)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        # preprocessing sees {"image": path, "index": n}: exactly what MONAI Label hands it (plus an index);
+        # an unreadable file is skipped and listed, the others are classified
+        dataset = TolerantItems([{"image": it["image"], "index": n} for n, it in enumerate(items)], self.preprocessing)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                                             num_workers=self.num_workers, collate_fn=collate_ok)
         records: list[dict[str, Any]] = []
-        for batch in loader:
-            images = torch.as_tensor(batch["image"], dtype=torch.float32).to(self.device)
+        skipped: list[dict[str, Any]] = []
+        for ok, failed in loader:
+            skipped += failed
+            if not ok:
+                continue
+            batch = {"image": torch.stack([torch.as_tensor(d["image"], dtype=torch.float32) for d in ok]),
+                     "index": torch.tensor([int(d["index"]) for d in ok])}
+            images = batch["image"].to(self.device)
             with autocast(self.device, self.amp):
                 logits = self.inferer(images, net)
             logits = logits.float().cpu()
@@ -182,6 +189,7 @@ class ClassifierPredictor:
             for index, row in zip(batch["index"].tolist(), logits):
                 probs = torch.as_tensor(self.postprocessing({"pred": row})["pred"]).float()
                 records.append(self._record(items[index], probs))
+        report_skipped(skipped, len(records), "reclf_cls inference")
         result = {
             "checkpoint": os.path.abspath(ckpt),
             "class_names": self.class_names,
@@ -190,8 +198,11 @@ class ClassifierPredictor:
             **source,
             "n_samples": len(records),
             "predictions": records,
+            "n_skipped": len(skipped),
+            "skipped": skipped,
         }
         atomic_write_text(json.dumps(result, indent=2), self.output)
         logger.info("wrote %d predictions to %s", len(records), self.output)
-        print(f"reclf_cls inference: {len(records)} image(s) classified -> {self.output}", flush=True)
+        print(f"reclf_cls inference: {len(records)} image(s) classified -> {self.output}"
+              + (f"; {len(skipped)} unreadable file(s) skipped (listed there)" if skipped else ""), flush=True)
         return self.output

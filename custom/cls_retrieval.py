@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import labels
 from .downstream import ImageItems, require_pretrained
 from .metrics import nan_to_none, precision_at_k, retrieval_recall
 from .nets.factory import load_pretrained
@@ -44,25 +45,17 @@ RETRIEVAL_SCORES = {"global": "global", "global+local": "combined"}
 
 def single_classes(items: list[dict[str, Any]], label_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """(N,) class index of each item, or -1 where the item is not single-class (no labels, dict labels
-    with zero or several positives), and the class names the indices refer to. Dict labels are
-    indexed in ``label_names`` order, then any other key in first-seen order."""
-    dict_names = list(label_names or [])
-    for it in items:
-        if isinstance(it.get("labels"), dict):
-            dict_names.extend(k for k in it["labels"] if k not in dict_names)
-    index = {name: n for n, name in enumerate(dict_names)}
-    out = np.full(len(items), -1, dtype=np.int64)
-    for n, it in enumerate(items):
-        labels = it.get("labels")
-        if isinstance(labels, dict):
-            positive = [k for k, v in labels.items() if v is not None and int(v) == 1]
-            if len(positive) == 1:
-                out[n] = index[positive[0]]
-        elif labels is not None and not isinstance(labels, bool):
-            out[n] = int(labels)
-    if not any(isinstance(it.get("labels"), dict) for it in items):
-        dict_names = list(label_names or [str(c) for c in range(int(out.max(initial=-1)) + 1)])
-    return out, dict_names
+    with zero or several positives), and the class names the indices refer to
+    (:func:`custom.labels.single_class`: values parsed strictly)."""
+    labelled = [it for it in items if it.get("labels") is not None]
+    if any(isinstance(it["labels"], dict) for it in labelled):
+        names = labels.task(labelled, label_names, "the datalist")[1]
+    elif label_names:
+        names = list(label_names)
+    else:  # class indices without names: the indices are the names
+        top = max((labels.unnamed_index(it["labels"], f"{labels.where(it)}: labels") for it in labelled), default=-1)
+        names = [str(c) for c in range(top + 1)]
+    return labels.single_class(items, names), names
 
 
 def _null_metrics(prefix: str) -> dict[str, float]:

@@ -47,6 +47,7 @@ Linear(in, in) → GELU → Linear(in, out)):
 from __future__ import annotations
 
 import os
+import _compat_pickle
 import pickle
 import re
 import types
@@ -124,19 +125,58 @@ class _Placeholder:
         self.__dict__.setdefault("_list", []).extend(values)
 
 
-def _trusting_pickle_module(placeholders: list[str]) -> types.ModuleType:
-    """A ``pickle``-like module for ``torch.load(weights_only=False)`` whose unpickler substitutes a
-    placeholder for classes of modules that are not installed, recording their names."""
+# Modules whose callables a checkpoint has no business naming: a pickle that does is an attack,
+# not a hyper-parameter object, and is refused outright (everything else outside the allow-list
+# becomes an inert placeholder, so no code of it runs either way).
+_REFUSED_MODULES = ("os", "posix", "nt", "subprocess", "sys", "builtins", "shutil", "socket", "importlib", "runpy",
+                    "pickle", "marshal", "types", "ctypes", "code", "codeop", "pty", "webbrowser", "http", "urllib",
+                    "requests", "io", "functools", "operator", "inspect", "signal", "multiprocessing", "asyncio")
+# beside torch's own weights-only allow-list: numpy arrays and scalars, argparse / collections containers
+_EXTRA_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
+    ("numpy", "dtype"), ("argparse", "Namespace"), ("collections", "defaultdict"), ("collections", "deque"),
+    ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "range"),
+}
+
+
+def _allowed_globals() -> set[tuple[str, str]]:
+    """torch's weights-only allow-list (tensors, storages, dtypes, OrderedDict ...) + :data:`_EXTRA_ALLOWED`."""
+    allowed = set(_EXTRA_ALLOWED)
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed |= {tuple(name.rsplit(".", 1)) for name in _get_allowed_globals()}
+    except ImportError:  # a torch without the private helper: the public safe globals still count
+        pass
+    allowed |= {(getattr(g, "__module__", ""), getattr(g, "__qualname__", "")) for g in torch.serialization.get_safe_globals()
+                if not isinstance(g, tuple)}
+    return allowed
+
+
+def _restricted_pickle_module(placeholders: list[str]) -> types.ModuleType:
+    """A ``pickle``-like module for ``torch.load(weights_only=False)`` whose unpickler resolves only
+    tensor / numpy / container classes (torch's weights-only allow-list and :data:`_EXTRA_ALLOWED`),
+    refuses callables of :data:`_REFUSED_MODULES` and turns every other class (Lightning's
+    ``AttributeDict``, an OmegaConf config, a project's own hyper-parameter class) into an inert
+    placeholder that only stores what it is given, recording its name. No module is imported."""
+    allowed = _allowed_globals()
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            try:
+            # protocol-2 pickles name Python 2 modules (__builtin__.eval): judge the Python 3 name
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+            if (module, name) in allowed:
                 return super().find_class(module, name)
-            except (ImportError, AttributeError):
-                placeholders.append(f"{module}.{name}")
-                return type(name, (_Placeholder,), {"__module__": module, "__qualname__": name})
+            if module.split(".")[0] in _REFUSED_MODULES:
+                raise pickle.UnpicklingError(
+                    f"the file asks to call {module}.{name}: a checkpoint never needs that (refused, nothing was run)"
+                )
+            placeholders.append(f"{module}.{name}")
+            return type(name, (_Placeholder,), {"__module__": module, "__qualname__": name})
 
-    module = types.ModuleType("reclf_trusting_pickle")
+    module = types.ModuleType("reclf_restricted_pickle")
     module.Unpickler = Unpickler
     module.load = pickle.load
     module.__version__ = "1"
@@ -150,8 +190,10 @@ def read_lightning_state_dict(
 
     ``torch.load(weights_only=True)`` first: it only rebuilds tensors and plain containers. Lightning
     checkpoints also pickle hyper-parameter objects (an OmegaConf config, an ``argparse.Namespace``),
-    which that refuses; unpickling them can run arbitrary code, so it is done only with
-    ``trust_pickle`` (classes whose modules are not installed become inert placeholders).
+    which that refuses; unpickling them in general can run arbitrary code, so it is done only with
+    ``trust_pickle``, and then by a restricted unpickler (:func:`_restricted_pickle_module`): tensor,
+    numpy and container classes are rebuilt, calls into ``os``/``subprocess``/``builtins``... are
+    refused, every other class becomes an inert placeholder (listed in ``placeholders``).
     """
     if not os.path.isfile(path):
         raise CheckpointConversionError(f"checkpoint {path!r} not found")
@@ -173,12 +215,12 @@ def read_lightning_state_dict(
             ) from err
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False,
-                             pickle_module=_trusting_pickle_module(placeholders))
+                             pickle_module=_restricted_pickle_module(placeholders))
         except Exception as err2:
             raise CheckpointConversionError(
-                f"{path!r}: cannot unpickle it even with --trust_pickle true: {err2}"
+                f"{path!r}: cannot unpickle it with the restricted unpickler of --trust_pickle true: {err2}"
             ) from err2
-        how = "torch.load(weights_only=False) (--trust_pickle true)"
+        how = "restricted unpickler (--trust_pickle true): tensors, numpy and containers; other classes as placeholders"
     except Exception as err:
         raise CheckpointConversionError(f"{path!r} is not a PyTorch checkpoint torch.load can read: {err}") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

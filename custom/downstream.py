@@ -41,10 +41,9 @@ def load_weights_strict(network: torch.nn.Module, ckpt: str, hint: str = "") -> 
     """Load a plain state dict file (a downstream bundle's ``model.pt``; a DDP ``module.`` prefix is
     dropped) strictly into ``network`` (its DDP wrapper, if any, is looked through); a mismatch
     names the file and ``hint`` (where the network's shape comes from)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{ckpt!r} is not a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    from .checkpoints import load_state
+
+    state = load_state(ckpt)
     try:
         unwrap(network).load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -52,19 +51,15 @@ def load_weights_strict(network: torch.nn.Module, ckpt: str, hint: str = "") -> 
 
 
 def read_model_meta(ckpt: str, image_size: int, kind: str) -> dict[str, Any]:
-    """The ``model.json`` beside a downstream ``model.pt``; refuses a missing file and an
-    ``image_size`` other than the training one (``kind`` names the bundle's checkpoint kind)."""
-    meta_path = os.path.splitext(ckpt)[0] + ".json"
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{meta_path!r} not found beside {ckpt!r}: not a {kind} checkpoint")
-    with open(meta_path, encoding="utf-8") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path!r} is not valid JSON: {err}") from err
+    """The verified ``model.json`` of a downstream ``model.pt`` (:func:`custom.checkpoints.read_meta`,
+    ``kind`` = ``linear_probe`` | ``segmentation``); refuses an ``image_size`` other than the
+    training one."""
+    from .checkpoints import meta_path, read_meta
+
+    meta = read_meta(ckpt, kind)
     if int(meta["image_size"]) != int(image_size):
-        raise ValueError(f"image_size {image_size} differs from the {kind}'s training image_size "
-                         f"{meta['image_size']} ({meta_path}): pass --image_size {meta['image_size']}")
+        raise ValueError(f"image_size {image_size} differs from the {kind} checkpoint's training image_size "
+                         f"{meta['image_size']} ({meta_path(ckpt)}): pass --image_size {meta['image_size']}")
     return meta
 
 

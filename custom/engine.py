@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 from .accumulation import accumulated_backward
 from .distributed import is_main_process
 from .nets.factory import unwrap
-from .utils import as_bool, atomic_torch_save, autocast, epoch_seed, seed_everything
+from .utils import amp_dtype, as_amp, as_bool, as_float, as_int, atomic_torch_save, autocast, epoch_seed, seed_everything
 
 TRAIN_STATE = "train_state.pt"
 logger = logging.getLogger("reclf")
@@ -42,6 +42,22 @@ def current_learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]
     return rates
 
 
+def channels_last_tower(network: torch.nn.Module, enabled: bool | str = True) -> torch.nn.Module:
+    """Put the image tower's parameters in channels_last memory format (NHWC), in place.
+
+    Convolutions with cuDNN tensor cores (and oneDNN on CPU) run faster on NHWC; the text tower
+    and the heads are not convolutional and stay as they are. Call it before wrapping the
+    network in DDP (multi_gpu_train.yaml does), so that DDP's gradient buckets see the final
+    strides; calling it again is a no-op. Returns ``network``.
+    """
+    if as_bool(enabled, "channels_last"):
+        tower = getattr(unwrap(network), "image_encoder", None)
+        if tower is None:
+            raise ValueError("channels_last: the network has no image_encoder to convert")
+        tower.to(memory_format=torch.channels_last)
+    return network
+
+
 class PretrainTrainer(Engine):
     """Ignite trainer for the contrastive pretraining objectives.
 
@@ -50,7 +66,9 @@ class PretrainTrainer(Engine):
         train_data_loader: batches from :class:`custom.data.PretrainDataset`.
         network: the (possibly DDP-wrapped) :class:`custom.nets.reclf.RECLFModel`.
         optimizer, loss_function (:class:`custom.losses.PretrainLoss`), lr_scheduler (per iteration).
-        amp: mixed precision (fp16 + GradScaler on CUDA, bf16 autocast on CPU).
+        amp: mixed precision: ``false`` | ``true`` (fp16 + GradScaler on CUDA, bf16 on CPU) |
+            ``fp16`` (CUDA only, with a GradScaler) | ``bf16`` (autocast, no scaler needed).
+        channels_last: image tower and input images in channels_last (NHWC) memory format.
         train_handlers: objects with ``attach(engine)`` (MONAI / ignite handlers).
         checkpoint_dir: where ``train_state.pt`` is written each epoch (rank 0).
         resume: continue from ``checkpoint_dir/train_state.pt`` (model, optimizer, scheduler, scaler,
@@ -78,24 +96,27 @@ class PretrainTrainer(Engine):
         seed: int = 0,
         grad_clip: float = 0.0,
         grad_accumulation: int = 1,
+        channels_last: bool | str = False,
     ) -> None:
         super().__init__(self._iteration)
         self.device = torch.device(device)
-        self.max_epochs = int(max_epochs)
+        self.max_epochs = as_int(max_epochs, "epochs", minimum=1)
         self.data_loader = train_data_loader
         self.network = network
         self.optimizer = optimizer
         self.loss_function = loss_function
         self.lr_scheduler = lr_scheduler
-        self.amp = as_bool(amp, "amp")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        self.amp = as_amp(amp, "amp")
+        self.amp_dtype = amp_dtype(self.amp, self.device)  # None: full precision; raises on fp16 + CPU
+        # loss scaling is for fp16's narrow exponent range only; bf16 has fp32's
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.channels_last = as_bool(channels_last, "channels_last")
+        channels_last_tower(self.network, self.channels_last)
         self.checkpoint_dir = checkpoint_dir
         self.resume = as_bool(resume, "resume")
-        self.seed = int(seed)
-        self.grad_clip = float(grad_clip)
-        self.grad_accumulation = int(grad_accumulation)
-        if self.grad_accumulation < 1:
-            raise ValueError(f"grad_accumulation: expected an integer >= 1, got {grad_accumulation!r}")
+        self.seed = as_int(seed, "seed")
+        self.grad_clip = as_float(grad_clip, "grad_clip", minimum=0.0)
+        self.grad_accumulation = as_int(grad_accumulation, "grad_accumulation", minimum=1)
         self.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._save_train_state)
         for handler in train_handlers or ():
@@ -105,6 +126,8 @@ class PretrainTrainer(Engine):
     def _iteration(self, engine: Engine, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.network.train()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.channels_last:  # an NCHW input would make the first convolution convert back
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
 
         def check(loss: torch.Tensor) -> None:
@@ -169,7 +192,15 @@ class PretrainTrainer(Engine):
         path = self.state_path()
         if path is None or not os.path.isfile(path):
             raise FileNotFoundError(f"resume: no training state at {path!r}; run without --resume first")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if not isinstance(state, dict) or not {"epoch", "network", "optimizer"} <= set(state):
+                raise KeyError("not a dict with epoch / network / optimizer")
+        except Exception as err:
+            raise ValueError(
+                f"resume: {path!r} is not a training state (an empty, truncated or foreign file: "
+                f"{type(err).__name__}); delete it and run without --resume"
+            ) from None
         if state["epoch"] > self.max_epochs:
             raise ValueError(f"resume: {path!r} is at epoch {state['epoch']} > epochs={self.max_epochs}")
         if state["epoch_length"] != len(self.data_loader):
@@ -177,7 +208,15 @@ class PretrainTrainer(Engine):
                 f"resume: {path!r} had {state['epoch_length']} iterations per epoch, the loader now has "
                 f"{len(self.data_loader)}: batch_size or the data changed"
             )
-        unwrap(self.network).load_state_dict(state["network"], strict=True)
+        try:
+            unwrap(self.network).load_state_dict(state["network"], strict=True)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[1:2] or [str(err)[:300]]
+            raise ValueError(
+                f"resume: {path!r} does not fit the network this config builds ({first[0].strip()}): the model "
+                "settings or the tokenizer (models/text/) differ from the run being resumed; resume with the "
+                "same settings, or start a new run in another output_dir"
+            ) from err
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -12,7 +12,7 @@ import torch
 from .data import PretrainDataset, load_datalist, make_loader
 from .metrics import nan_to_none, retrieval_recall
 from .nets.factory import load_pretrained, unwrap
-from .utils import as_bool, atomic_write_text, autocast
+from .utils import as_amp, atomic_write_text, autocast
 
 logger = logging.getLogger("reclf")
 
@@ -70,7 +70,7 @@ class RetrievalEvaluator:
                          device=torch.device(device))
         self.output = output
         self.eval_split = eval_split
-        self.amp = as_bool(amp, "amp")
+        self.amp = as_amp(amp, "amp")
 
     def run(self) -> dict[str, Any]:
         model, _, loader = _eval_loader(**self.args)

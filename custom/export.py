@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import yaml
@@ -431,14 +431,54 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
+class ExportLinkError(ValueError):
+    """An export source is a symbolic link or not a regular file: exports copy regular files only."""
+
+
+def _refuse_link(path: str) -> None:
+    if os.path.islink(path):
+        raise ExportLinkError(
+            f"{path} is a symbolic link (to {os.readlink(path)!r}): exports copy regular files only, so that "
+            "nothing outside the bundle's own folders ends up in it. Replace the link by the file itself, or remove it"
+        )
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        raise ExportLinkError(f"{path} is not a regular file or folder (a device, socket or pipe): remove it")
+
+
+def _copy_file(src: str, dst: str) -> None:
+    """Copy one regular file (never through a link: opened with O_NOFOLLOW), keeping its times."""
+    _refuse_link(src)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as source, open(dst, "xb") as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+    shutil.copystat(src, dst, follow_symlinks=False)
+
+
+def _copy_tree(src: str, dst: str, skip: Callable[[str, str], bool] = lambda folder, name: False) -> None:
+    """Copy a folder of regular files and folders; any link inside is refused (:class:`ExportLinkError`),
+    ``skip(folder, name)`` entries are left out."""
+    _refuse_link(src)
+    os.makedirs(dst, exist_ok=True)
+    with os.scandir(src) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if skip(src, entry.name):
+                continue
+            if entry.is_symlink():
+                _refuse_link(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                _copy_tree(entry.path, os.path.join(dst, entry.name), skip)
+            else:
+                _copy_file(entry.path, os.path.join(dst, entry.name))
+
+
 def _copy_checkpoint(weights: str, dest_dir: str, need_text: bool) -> None:
     """``model.pt`` + its ``model.json`` (+ ``text/``) into ``dest_dir``; never ``train_state.pt``."""
     src_dir = os.path.dirname(os.path.abspath(weights))
-    os.makedirs(dest_dir, exist_ok=True)
-    shutil.copy2(weights, os.path.join(dest_dir, "model.pt"))
-    shutil.copy2(os.path.join(src_dir, "model.json"), os.path.join(dest_dir, "model.json"))
+    _copy_file(weights, os.path.join(dest_dir, "model.pt"))
+    _copy_file(os.path.join(src_dir, "model.json"), os.path.join(dest_dir, "model.json"))
     if need_text:
-        shutil.copytree(os.path.join(src_dir, "text"), os.path.join(dest_dir, "text"))
+        _copy_tree(os.path.join(src_dir, "text"), os.path.join(dest_dir, "text"))
 
 
 def _check_checkpoint(weights: str, need_text: bool, what: str) -> None:
@@ -568,18 +608,29 @@ def _large_files(root: str) -> str:
 
 
 def _zip_folder(folder: str, zip_path: str) -> None:
-    """``zip_path`` holding ``<folder name>/...``; weights stored as they are (they do not compress)."""
+    """``zip_path`` holding ``<folder name>/...``; weights stored as they are (they do not compress).
+
+    Written to a temporary file created exclusively (``mkstemp``: a planted ``NAME.zip.tmp`` link
+    cannot redirect it) in ``zip_path``'s folder, then renamed over ``zip_path`` (a link there is
+    replaced, never followed). Links inside ``folder`` are refused.
+    """
     base = os.path.dirname(folder)
-    tmp = zip_path + ".tmp"
-    with zipfile.ZipFile(tmp, "w") as archive:
-        for current, dirs, files in os.walk(folder):
-            dirs.sort()
-            for file in sorted(files):
-                path = os.path.join(current, file)
-                stored = file.endswith((".pt", ".ts", ".onnx", ".zip"))
-                archive.write(path, os.path.relpath(path, base),
-                              compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
-    os.replace(tmp, zip_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(zip_path)}.", suffix=".tmp", dir=os.path.dirname(zip_path))
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as archive:
+            for current, dirs, files in os.walk(folder):
+                dirs.sort()
+                for name in dirs + files:
+                    _refuse_link(os.path.join(current, name))
+                for file in sorted(files):
+                    path = os.path.join(current, file)
+                    stored = file.endswith((".pt", ".ts", ".onnx", ".zip"))
+                    archive.write(path, os.path.relpath(path, base),
+                                  compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+        os.replace(tmp, zip_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def export_bundle(name: str, out: str, weights: str = "", pretrained: str = "auto", bundles_dir: str = "",
@@ -636,6 +687,8 @@ def export_bundle(name: str, out: str, weights: str = "", pretrained: str = "aut
 
     out = os.path.abspath(out)
     final = os.path.join(out, name)
+    for path in (final, final + ".zip"):
+        _refuse_link(path)  # a link at the destination would send the bundle elsewhere
     if os.path.exists(final) and not as_bool(overwrite, "overwrite"):
         raise FileExistsError(f"{final} exists: pass --overwrite true, or another --out")
     os.makedirs(out, exist_ok=True)
@@ -656,17 +709,16 @@ def export_bundle(name: str, out: str, weights: str = "", pretrained: str = "aut
 def _build(name: str, source: str, root: str, final: str, weights: str, pretrained_path: str | None,
            meta: dict[str, Any], model_meta: dict[str, Any], package_dir: str, repo_root: str, license: str) -> None:
     """Fill ``root`` (written as if it were ``final``, where it is moved afterwards)."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp")
-    shutil.copytree(package_dir, os.path.join(root, "scripts", "custom"), ignore=ignore)
+    _copy_tree(package_dir, os.path.join(root, "scripts", "custom"),
+               skip=lambda folder, n: n == "__pycache__" or n.endswith((".pyc", ".tmp")))
     _copy_checkpoint(weights, os.path.join(root, "models"), name == "reclf_pretrain")
     if pretrained_path:
         _copy_checkpoint(pretrained_path, os.path.join(root, "models", "pretrained"), True)
 
     configs_src, configs_dst = os.path.join(source, "configs"), os.path.join(root, "configs")
-    # everything but the top-level configs (rewritten below): logging.conf, prompts/ ...
-    shutil.copytree(configs_src, configs_dst, ignore=lambda folder, names: [
-        n for n in names if n == "__pycache__" or (os.path.samefile(folder, configs_src) and (
-            n.endswith((".yaml", ".yml")) or n == "metadata.json"))])
+    # everything but the top-level configs (rewritten below): logging.conf, prompts/, recipes/ ...
+    _copy_tree(configs_src, configs_dst, skip=lambda folder, n: n == "__pycache__" or (
+        folder == configs_src and (n.endswith((".yaml", ".yml")) or n == "metadata.json")))
     pretrained_value = "$os.path.join(@bundle_root, 'models', 'pretrained', 'model.pt')" if pretrained_path else ""
     yamls = sorted(f for f in os.listdir(configs_src) if f.endswith((".yaml", ".yml")))
     base_imports: dict[str, str] = {}
@@ -674,6 +726,7 @@ def _build(name: str, source: str, root: str, final: str, weights: str, pretrain
         with open(os.path.join(configs_src, "train.yaml"), encoding="utf-8") as f:
             base_imports = _custom_imports((yaml.safe_load(f) or {}).get("imports"), "train.yaml")
     for filename in yamls:
+        _refuse_link(os.path.join(configs_src, filename))
         with open(os.path.join(configs_src, filename), encoding="utf-8") as f:
             text = f.read()
         extra = None
@@ -692,6 +745,7 @@ def _build(name: str, source: str, root: str, final: str, weights: str, pretrain
     _write(os.path.join(configs_dst, "metadata.json"), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
     readme = os.path.join(source, "docs", "README.md")
+    _refuse_link(readme)
     if os.path.isfile(readme):
         with open(readme, encoding="utf-8") as f:
             card = f.read()
@@ -702,7 +756,7 @@ def _build(name: str, source: str, root: str, final: str, weights: str, pretrain
     _write(os.path.join(root, "LICENSE"), _license_text(repo_root, license))
     requirements = os.path.join(repo_root, "requirements.txt")
     if os.path.isfile(requirements):
-        shutil.copy2(requirements, os.path.join(root, "requirements.txt"))
+        _copy_file(requirements, os.path.join(root, "requirements.txt"))
     _write(os.path.join(root, "large_files.yml"), _large_files(root))
 
 

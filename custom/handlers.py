@@ -8,7 +8,7 @@ from ignite.engine import Engine, Events
 
 from .distributed import is_main_process
 from .evaluation import retrieval_metrics
-from .utils import as_bool
+from .utils import as_amp
 
 logger = logging.getLogger("reclf")
 
@@ -21,7 +21,7 @@ class RetrievalValidation:
         self.loader = loader
         self.device = device
         self.interval = max(1, int(interval))
-        self.amp = as_bool(amp, "amp")
+        self.amp = as_amp(amp, "amp")
         self.key_metric = key_metric
 
     def attach(self, engine: Engine) -> None:

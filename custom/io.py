@@ -13,7 +13,12 @@ class RadiographReadError(ValueError):
 
 
 def _to_unit(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float32)
+    """Min–max to [0, 1] (the full stored range displayed, as a viewer does without a window).
+
+    Computed in float64: values near float32's limits (a modality LUT can produce them) would
+    overflow ``hi - lo`` in float32 and come out NaN.
+    """
+    array = np.asarray(array, dtype=np.float64)
     if array.ndim == 3:  # RGB(A) → gray
         array = array[..., :3].mean(-1)
     if array.ndim != 2 or min(array.shape) < 1:
@@ -21,7 +26,44 @@ def _to_unit(array: np.ndarray) -> np.ndarray:
     if not np.isfinite(array).all():
         raise RadiographReadError("the image holds non-finite values (NaN/inf)")
     lo, hi = float(array.min()), float(array.max())
-    return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+    if not hi > lo:
+        return np.zeros(array.shape, dtype=np.float32)
+    return ((array - lo) / (hi - lo)).astype(np.float32)
+
+
+def _square_pixels(array: np.ndarray, row_spacing: float, column_spacing: float) -> np.ndarray:
+    """Resample so that a pixel is as tall as it is wide (as a viewer displays non-square pixels):
+    the axis with the larger spacing is stretched by the ratio."""
+    ratio = float(row_spacing) / float(column_spacing)
+    if not np.isfinite(ratio) or ratio <= 0 or abs(ratio - 1.0) < 0.01:
+        return array
+    import torch
+
+    h, w = array.shape
+    size = (max(1, round(h * ratio)), w) if ratio > 1 else (h, max(1, round(w / ratio)))
+    resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(array))[None, None], size=size,
+                                              mode="bilinear", align_corners=False)
+    return resized[0, 0].numpy().astype(np.float32)
+
+
+def _dicom_spacing(ds) -> tuple[float, float] | None:
+    """(row spacing, column spacing) from PixelSpacing / ImagerPixelSpacing, or PixelAspectRatio;
+    None when absent or malformed (one value, not numbers): then pixels are taken as square."""
+    for key in ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"):
+        pair = _number_pair(ds.get(key))
+        if pair is not None:
+            return pair
+    return None
+
+
+def _number_pair(value) -> tuple[float, float] | None:
+    if value is None or isinstance(value, (str, bytes, int, float)):
+        return None
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return (values[0], values[1]) if len(values) == 2 and min(values) > 0 else None
 
 
 def _read_pil(path: str) -> np.ndarray:
@@ -29,9 +71,11 @@ def _read_pil(path: str) -> np.ndarray:
 
     with Image.open(path) as img:
         img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(img, dtype=np.float32)
-            return np.clip(array / 65535.0, 0.0, 1.0) if img.mode.startswith("I;16") else _to_unit(array)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            # 16-bit / 32-bit / float grayscale: often 10-12 significant bits in a 16-bit container;
+            # dividing by 65535 would show a 12-bit radiograph nearly black: its stored range is shown
+            return _to_unit(np.asarray(img))
+        # 1-bit, palette, gray+alpha, RGB(A), CMYK ...: the 8-bit gray a viewer shows
         array = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     return array
 
@@ -79,18 +123,34 @@ def _read_dicom(path: str) -> np.ndarray:
     array = _to_unit(array)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         array = 1.0 - array  # MONOCHROME1: high values are dark
-    return array
+    spacing = _dicom_spacing(ds)
+    return _square_pixels(array, *spacing) if spacing else array
 
 
 def _read_nifti(path: str) -> np.ndarray:
     import nibabel as nib
 
-    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-    data = np.squeeze(data)
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float64)
+    zooms = [float(z) for z in image.header.get_zooms()]
+    if data.ndim == 1:
+        data, zooms = data[:, None], zooms[:1] + [1.0]
+    # singleton axes beyond (x, y) are dropped; a 1-pixel-high image stays 2-D, and a plane
+    # stored as (x, 1, y) keeps its two real axes
+    while data.ndim > 2 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim > 2 and sum(n > 1 for n in data.shape) <= 2:
+        axes = [a for a, n in enumerate(data.shape) if n > 1]
+        axes = axes + [a for a in range(data.ndim) if a not in axes][: 2 - len(axes)]
+        axes.sort()
+        zooms = [zooms[a] if a < len(zooms) else 1.0 for a in axes]
+        data = data.reshape([data.shape[a] for a in axes])
+    zooms = zooms[:2]
     if data.ndim != 2:
-        raise RadiographReadError(f"{path}: expected a 2-D NIfTI image, got shape {data.shape}")
+        raise RadiographReadError(f"{path}: expected a 2-D NIfTI image (x, y[, 1, ...]), got shape {data.shape}")
     # NIfTI stores (x=columns, y=rows); rows are flipped so that the first row is the top
-    return _to_unit(np.flipud(data.T))
+    array = _to_unit(np.flipud(data.T))
+    return _square_pixels(array, zooms[1], zooms[0]) if len(zooms) == 2 else array
 
 
 _READERS = {".png": _read_pil, ".jpg": _read_pil, ".jpeg": _read_pil, ".dcm": _read_dicom, ".dicom": _read_dicom,

@@ -37,11 +37,14 @@ from torch import nn
 from .data import load_datalist
 from .distributed import is_distributed, is_main_process, rank, world_size
 from .classify import load_classifier_weights, require_classifier
+from .checkpoints import write_checkpoint
 from .downstream import ImageItems, read_model_meta
+from . import labels
 from .metrics import classification_metrics, nan_to_none
 from .nets.classifier import ImageClassifier
 from .nets.factory import unwrap
-from .utils import as_bool, as_choice, as_optional_path, atomic_torch_save, atomic_write_text, autocast, seed_everything
+from .textfiles import read_json
+from .utils import as_bool, as_choice, as_int, as_optional_path, atomic_torch_save, atomic_write_text, autocast, seed_everything
 
 logger = logging.getLogger("reclf")
 
@@ -53,70 +56,23 @@ METRIC_KEYS = ("acc", "macro_f1", "auroc_mean")
 
 
 def label_info(datalist: str, items: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Class names and task type of a datalist.
-
-    Multi-label when the first labelled item's ``labels`` is a dict: class names are the top-level
-    ``label_names`` if present, else the dict keys in first-seen order over ``items`` (or over
-    every split). Multi-class when ``labels`` is an int: the top-level ``label_names`` are required.
+    """Class names and task type of a datalist (:func:`custom.labels.task`; the labelled ``items``,
+    or every split's).
 
     Returns:
         ``{"class_names": [...], "multi_label": bool}``.
     """
-    with open(datalist, encoding="utf-8") as f:
-        content = json.load(f)
+    content = read_json(datalist, "the datalist")
     if items is None:
         items = [it for split in ("training", "validation", "test") for it in content.get(split, [])
                  if isinstance(it, dict)]
-    labelled = [it["labels"] for it in items if it.get("labels") is not None]
-    if not labelled:
-        raise ValueError(f"datalist {datalist!r}: no item has 'labels': nothing to classify")
-    names = content.get("label_names")
-    multi_label = isinstance(labelled[0], dict)
-    if multi_label:
-        if not names:
-            names = list(dict.fromkeys(k for labels in labelled if isinstance(labels, dict) for k in labels))
-    elif not names:
-        raise ValueError(
-            f"datalist {datalist!r}: integer labels need a top-level 'label_names' list (the class names)"
-        )
-    return {"class_names": [str(n) for n in names], "multi_label": bool(multi_label)}
+    multi_label, names = labels.task(items, content.get("label_names"), datalist)
+    return {"class_names": names, "multi_label": multi_label}
 
 
 def label_targets(items: Sequence[dict[str, Any]], class_names: Sequence[str], multi_label: bool) -> np.ndarray:
-    """Targets of labelled items.
-
-    Returns:
-        multi-label: (N, C) int64 of 1 / 0 / -1 (-1 = uncertain, also for a class an item does not
-        list); multi-class: (N,) int64 class indices (an int, or a string equal to a class name).
-    """
-    names = list(class_names)
-    if multi_label:
-        out = np.full((len(items), len(names)), -1, dtype=np.int64)
-        for n, it in enumerate(items):
-            labels = it.get("labels")
-            if not isinstance(labels, dict):
-                raise ValueError(f"{_where(it)}: expected dict labels {{name: 1|0|-1}} (multi-label), got {labels!r}")
-            row = [labels.get(name) for name in names]
-            row = [-1 if v is None else int(v) for v in row]
-            if any(v not in (1, 0, -1) for v in row):
-                raise ValueError(f"{_where(it)}: label values must be 1, 0 or -1, got {labels!r}")
-            out[n] = row
-        return out
-    out = np.empty(len(items), dtype=np.int64)
-    for n, it in enumerate(items):
-        label = it.get("labels")
-        if isinstance(label, str) and label in names:
-            label = names.index(label)
-        if isinstance(label, (dict, list, str)) or label is None or isinstance(label, bool):
-            raise ValueError(f"{_where(it)}: expected an int class label (multi-class), got {label!r}")
-        if not 0 <= int(label) < len(names):
-            raise ValueError(f"{_where(it)}: class {label} outside 0..{len(names) - 1} ({names})")
-        out[n] = int(label)
-    return out
-
-
-def _where(item: dict[str, Any]) -> str:
-    return f"{item.get('split', '?')}[{item.get('row', '?')}] ({item.get('image')})"
+    """(N, C) 1 / 0 / -1 (multi-label) or (N,) class indices (:func:`custom.labels.targets`)."""
+    return labels.targets(items, class_names, multi_label)
 
 
 def stratified_subset(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -457,7 +413,7 @@ class LinearProbe:
             raise ValueError(f"label_fraction: expected a number in (0, 1] such as 0.01, 0.1, 1.0, got {label_fraction!r}")
         self.label_seeds = as_seed_list(label_seeds)
         self.eval_split = str(eval_split)
-        self.epochs, self.batch_size = int(epochs), int(batch_size)
+        self.epochs, self.batch_size = as_int(epochs, "epochs", 1), as_int(batch_size, "batch_size", 1)
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.image_size = int(image_size)
         self.device = torch.device(device)
@@ -544,8 +500,6 @@ class LinearProbe:
 
     def _save(self, record: dict[str, Any], n_available: int, key_metric: str) -> None:
         net = unwrap(self.network)
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        atomic_torch_save(state, self.save_path)
         meta = {
             "task": "linear_probe",
             "class_names": self.class_names,
@@ -567,7 +521,7 @@ class LinearProbe:
             "note": "model.pt = ImageClassifier state dict (frozen encoder + linear head, the training-split "
                     "feature standardisation folded into the head); with several label seeds, the first seed's",
         }
-        atomic_write_text(json.dumps(nan_to_none(meta), indent=2), os.path.splitext(self.save_path)[0] + ".json")
+        write_checkpoint(self.save_path, net.state_dict(), nan_to_none(meta), "linear_probe")
         logger.info("saved %s (+ model.json)", self.save_path)
 
     def _summary(self, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -614,7 +568,7 @@ class ProbeEvaluator:
     def load(self) -> tuple[ImageClassifier, dict[str, Any]]:
         """The classifier (strict load) and its ``model.json``."""
         ckpt = require_classifier(self.ckpt)
-        meta = read_model_meta(ckpt, self.image_size, "reclf_cls linear-probe")
+        meta = read_model_meta(ckpt, self.image_size, "linear_probe")
         net = ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"])
         load_classifier_weights(net, ckpt)
         return net.to(self.device).eval(), meta

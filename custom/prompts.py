@@ -187,11 +187,14 @@ def load_prompts(path: Any) -> dict[str, ClassPrompts]:
     if not os.path.isfile(path):
         raise PromptError(f"prompt file {path!r} not found (pass --prompts FILE; examples in "
                           "bundles/reclf_cls/configs/prompts/)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            content = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise PromptError(f"prompt file {path!r} is not valid YAML: {err}") from err
+    from .textfiles import read_text
+
+    try:
+        content = yaml.safe_load(read_text(path, "the prompt file"))
+    except yaml.YAMLError as err:
+        raise PromptError(f"prompt file {path!r} is not valid YAML: {err}") from err
+    except ValueError as err:
+        raise PromptError(str(err)) from None
     return parse_prompts(content, path)
 
 

@@ -43,7 +43,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
-from .data import EpochSeededDataset, decode_images, load_datalist
+from .data import EpochSeededDataset, decode_images, load_datalist, resolve_workers
 from .downstream import load_weights_strict, read_model_meta, require_checkpoint
 from .distributed import is_main_process, rank, world_size
 from .io import RadiographReadError, read_radiograph
@@ -171,7 +171,9 @@ def decode_pairs(
 
     Args:
         items: ``{"image": path, "label": mask path, "item": datalist item}`` (:func:`with_masks`).
-        cache_dir: a MONAI ``PersistentDataset`` folder for the decoded pairs (reused by later runs).
+        cache_dir: a folder for the on-disk uint8 cache of the decoded pairs
+            (:class:`custom.image_cache.ImageCache`, keyed by both files and the size; reused by
+            later runs and by ``python -m custom cache --task seg``); "" or None: decode in memory.
 
     Returns:
         images (N, 1, S, S) float32 in [0, 1], masks (N, 1, S, S) uint8 {0, 1}, the items kept.
@@ -263,6 +265,7 @@ def seg_loader(
     if len(dataset) == 0:
         raise ValueError("no image/mask pairs to load: the split holds no readable item with a mask")
     replicas, me = (world_size(), rank()) if distributed else (1, 0)
+    num_workers = resolve_workers(num_workers)  # an int, or auto
     sampler = _EpochSampler(dataset, num_replicas=replicas, rank=me, shuffle=bool(shuffle), seed=int(seed))
     return torch.utils.data.DataLoader(
         dataset, batch_size=int(batch_size), sampler=sampler, num_workers=int(num_workers),
@@ -420,12 +423,13 @@ class SaveBestSegmentation:
 
 def save_segmenter(network: torch.nn.Module, path: str, meta: dict[str, Any]) -> None:
     """``path`` ← the :class:`SegUNet` state dict; ``model.json`` beside it ← its encoder + ``meta``."""
+    from .checkpoints import write_checkpoint
+
     net = unwrap(network)
-    atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
-    info = {"format": "reclf-seg/1", "network": "SegUNet", "image_encoder": net.encoder_name,
+    info = {"network": "SegUNet", "image_encoder": net.encoder_name,
             "freeze_encoder": bool(net.freeze_encoder), "out_channels": int(net.head.out_channels),
             "threshold": THRESHOLD, **meta}
-    atomic_write_text(json.dumps(info, indent=2), os.path.splitext(path)[0] + ".json")
+    write_checkpoint(path, net.state_dict(), info, "segmentation")
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -473,7 +477,7 @@ class SegEvaluator:
     def load(self) -> tuple[SegUNet, dict[str, Any]]:
         """The segmenter (strict load) and its ``model.json``."""
         ckpt = require_segmenter(self.ckpt)
-        meta = read_model_meta(ckpt, self.image_size, "reclf_seg")
+        meta = read_model_meta(ckpt, self.image_size, "segmentation")
         net = SegUNet(meta["image_encoder"], out_channels=int(meta.get("out_channels", 1)))
         load_segmenter_weights(net, ckpt)
         return net.to(self.device).eval(), meta
@@ -585,11 +589,6 @@ class RestoreGeometryd(MapTransform):
         return out
 
 
-def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Collate that keeps items apart (each carries its own original size)."""
-    return batch
-
-
 def _mask_name(path: str, used: set[str]) -> str:
     base = os.path.basename(path)
     stem = base[:-7] if base.lower().endswith(".nii.gz") else os.path.splitext(base)[0]
@@ -645,20 +644,26 @@ class SegPredictor:
 
     @torch.no_grad()
     def run(self) -> str:
-        from monai.data import Dataset
         from PIL import Image
+
+        from .inference import TolerantItems, collate_ok, report_skipped
 
         ckpt = require_segmenter(self.ckpt)
         load_segmenter_weights(self.network, ckpt)
         net = self.network.to(self.device).eval()
         paths, source = self._paths()
-        dataset = Dataset([{"image": p} for p in paths], transform=self.preprocessing)
+        # an unreadable file is skipped and listed in the JSON; the others are segmented
+        dataset = TolerantItems([{"image": p} for p in paths], self.preprocessing)
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                             num_workers=self.num_workers, collate_fn=_as_list)
+                                             num_workers=self.num_workers, collate_fn=collate_ok)
         os.makedirs(self.mask_dir, exist_ok=True)
         used: set[str] = set()
         records: list[dict[str, Any]] = []
-        for batch in loader:
+        skipped: list[dict[str, Any]] = []
+        for batch, failed in loader:
+            skipped += failed
+            if not batch:
+                continue
             images = torch.stack([torch.as_tensor(d["image"], dtype=torch.float32) for d in batch]).to(self.device)
             with autocast(self.device, self.amp):
                 logits = self.inferer(images, net).float().cpu()
@@ -671,8 +676,9 @@ class SegPredictor:
                 Image.fromarray(mask).save(out_path)
                 records.append({"image": path, "mask": out_path, "shape": list(mask.shape),
                                 "foreground_fraction": float((mask > 0).mean())})
+        report_skipped(skipped, len(records), "reclf_seg inference")
         result = {"checkpoint": os.path.abspath(ckpt), "threshold": self.threshold, **source, "n_samples": len(records),
-                  "predictions": records}
+                  "predictions": records, "n_skipped": len(skipped), "skipped": skipped}
         atomic_write_text(json.dumps(result, indent=2), self.output)
         logger.info("wrote %d mask(s) to %s", len(records), self.mask_dir)
         print(f"reclf_seg inference: {len(records)} image(s) segmented -> {self.mask_dir}", flush=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .utils import as_optional_path
+from .utils import as_int, as_optional_path
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _PUNCT = set(string.punctuation)
@@ -76,11 +76,14 @@ def prepare_tokenizer(
     reuse_saved: bool = False,
     vocab_size: int = 2000,
 ):
-    """Return the tokenizer a run uses and save it to ``save_dir`` (part of the checkpoint).
+    """Return the tokenizer a run uses. It writes nothing: the tokenizer is saved with the weights
+    (``text/`` of the checkpoint, :func:`custom.checkpoints.write_checkpoint`) when a run has
+    produced something, so a run that fails before that leaves an existing ``save_dir`` as it was.
 
     Priority: ``init_ckpt``'s ``text/`` folder (the weights were trained with it) > a local Hugging
-    Face folder ``text_encoder`` > ``save_dir`` when resuming (``reuse_saved``) > a WordPiece
-    vocabulary trained on ``reports``. Nothing is downloaded: paths must exist locally.
+    Face folder ``text_encoder`` > ``save_dir`` when resuming (``reuse_saved``: the tokenizer saved
+    with the checkpoint being resumed) > a WordPiece vocabulary trained on ``reports``. Nothing is
+    downloaded: paths must exist locally.
     """
     from transformers import AutoTokenizer
 
@@ -107,10 +110,6 @@ def prepare_tokenizer(
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("the tokenizer must be a fast (Rust) tokenizer: word alignment needs word_ids()")
     cap_model_max_length(tokenizer, text_encoder, init_ckpt)
-    from .distributed import is_main_process
-
-    if is_main_process():  # every rank builds the same tokenizer; one writes it
-        tokenizer.save_pretrained(save_dir)
     return tokenizer
 
 
@@ -143,7 +142,7 @@ def cap_model_max_length(tokenizer, text_encoder: str | None = None, init_ckpt: 
 
 def token_limit(tokenizer, max_length: int) -> int:
     """``max_length`` capped by the tokenizer's limit (logged once when it is lowered)."""
-    max_length = int(max_length)
+    max_length = as_int(max_length, "max_length", minimum=2)
     if max_length < 3:
         raise ValueError(f"max_length: expected at least 3 tokens ([CLS] word [SEP]), got {max_length}")
     limit = tokenizer.model_max_length

@@ -28,6 +28,40 @@ def as_bool(value: Any, name: str = "value") -> bool:
     raise ValueError(f"{name}: expected true/false (or 1/0), got {value!r}")
 
 
+def as_int(value: Any, name: str, minimum: int | None = None) -> int:
+    """Coerce a config/command-line value to int strictly: ``--epochs abc`` or ``--epochs 2.5`` is an
+    error naming the key, and so is a value below ``minimum`` (``--epochs 0`` would train nothing)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise ValueError
+            number = int(number)
+        number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {number}")
+    return number
+
+
+def as_float(value: Any, name: str, minimum: float | None = None) -> float:
+    """Coerce to a finite float strictly (``--lr 1e-3x`` is an error naming the key)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name}: expected a number >= {minimum}, got {number}")
+    return number
+
+
 def as_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
     """Return ``value`` as a lower-case string if it is one of ``choices``, else raise."""
     text = str(value).strip().lower()
@@ -83,7 +117,43 @@ def atomic_write_text(text: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision for ``device``: fp16 on CUDA (with a GradScaler in training), bf16 on CPU."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+AMP_MODES = ("false", "true", "fp16", "bf16")
+
+
+def as_amp(value: Any, name: str = "amp") -> str:
+    """Coerce an ``amp`` config value to ``false`` | ``true`` | ``fp16`` | ``bf16``.
+
+    ``true`` means the device's default (fp16 on CUDA, bf16 on CPU); the booleans and their
+    command-line spellings (``--amp 0``, ``'false'``) are accepted as in :func:`as_bool`.
+    """
+    if isinstance(value, str) and value.strip().lower() in ("fp16", "float16", "half", "bf16", "bfloat16"):
+        return "fp16" if value.strip().lower() in ("fp16", "float16", "half") else "bf16"
+    try:
+        return "true" if as_bool(value, name) else "false"
+    except ValueError:
+        raise ValueError(f"{name}: expected one of {list(AMP_MODES)}, got {value!r}") from None
+
+
+def amp_dtype(amp: Any, device: torch.device | str, name: str = "amp") -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` value on ``device`` (None: full precision).
+
+    fp16 on CPU is refused: CPU autocast in fp16 is slow and unscaled fp16 gradients underflow;
+    bf16 has fp32's exponent range and needs no GradScaler.
+    """
+    mode = as_amp(amp, name)
+    device_type = torch.device(device).type
+    if mode == "false":
+        return None
+    if mode == "true":
+        return torch.float16 if device_type == "cuda" else torch.bfloat16
+    if mode == "fp16" and device_type != "cuda":
+        raise ValueError(f"{name}: fp16 needs a CUDA device (device is {device_type!r}); use bf16 or true on CPU")
+    return torch.float16 if mode == "fp16" else torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: Any):
+    """Mixed precision for ``device`` from an ``amp`` value (bool or ``fp16`` / ``bf16``, see
+    :func:`amp_dtype`): ``true`` is fp16 on CUDA (with a GradScaler in training), bf16 on CPU."""
+    dtype = amp_dtype(enabled, device)
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)

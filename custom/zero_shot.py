@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import labels
 from .downstream import ImageItems, encode_images, encode_texts, require_pretrained
 from .metrics import classification_metrics, nan_to_none
 from .nets.factory import load_pretrained, unwrap
@@ -125,36 +126,21 @@ class PairScorer:
 
 def read_label_names(datalist: str) -> list[str] | None:
     """The datalist's top-level ``label_names`` (None when absent)."""
-    with open(datalist, encoding="utf-8") as f:
-        names = json.load(f).get("label_names")
+    from .textfiles import read_json
+
+    content = read_json(datalist, "the datalist")
+    names = content.get("label_names") if isinstance(content, dict) else None
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def label_task(items: list[dict[str, Any]], datalist: str) -> tuple[bool, list[str]]:
-    """(multi_label, class names) of labelled items: dict labels -> multi-label over the datalist's
-    ``label_names`` (or the keys in first-seen order); int labels -> multi-class over ``label_names``."""
-    kinds = {isinstance(it["labels"], dict) for it in items}
-    if len(kinds) > 1:
-        raise ValueError(f"datalist {datalist!r} mixes dict (multi-label) and int (class index) labels")
-    names = read_label_names(datalist)
-    if kinds == {True}:
-        if names is None:
-            names = list(dict.fromkeys(k for it in items for k in it["labels"]))
-        return True, names
-    if names is None:
-        raise ValueError(f"datalist {datalist!r}: int labels need a top-level 'label_names' list")
-    return False, names
+    """(multi_label, class names) of labelled items (:func:`custom.labels.task`)."""
+    return labels.task(items, read_label_names(datalist), datalist)
 
 
 def label_targets(items: list[dict[str, Any]], names: list[str], multi_label: bool) -> np.ndarray:
     """(N,) class indices, or (N, C) of 1 / 0 / -1 (absent key or null = -1 = unknown, masked)."""
-    if not multi_label:
-        return np.asarray([int(it["labels"]) for it in items], dtype=np.int64)
-
-    def cell(value: Any) -> int:
-        return -1 if value is None else int(value)
-
-    return np.asarray([[cell(it["labels"].get(n)) for n in names] for it in items], dtype=np.int64).reshape(-1, len(names))
+    return labels.targets(items, names, multi_label)
 
 
 def phrase_index(groups: list[list[str]]) -> tuple[list[str], torch.Tensor]:
@@ -166,6 +152,45 @@ def phrase_index(groups: list[list[str]]) -> tuple[list[str], torch.Tensor]:
         for p in group:
             mean[where[p], g] += 1.0 / len(group)
     return unique, mean
+
+
+def prompt_metrics(scorer: PairScorer, images: ImageItems, datalist: str, prompts_file: str) -> dict[str, Any]:
+    """Zero-shot metrics of decoded labelled ``images`` with the classes' prompts of ``prompts_file``.
+
+    The computation of :class:`ZeroShotEvaluator` for a model already loaded in ``scorer`` (the
+    learning-curve benchmark scores many checkpoints on the same images): class scores = the
+    mean over a class's phrases; multi-label classes: sigmoid(positive − negative); multi-class:
+    softmax. Returns :func:`custom.metrics.classification_metrics` plus ``prompts``, ``scoring``,
+    ``task``, ``n_phrases``, ``n_classes``.
+    """
+    prompts_file = str(prompts_file)
+    prompts = load_prompts(prompts_file)
+    multi_label, names = label_task(images.items, datalist)
+    pairs = match_classes(prompts, names, prompts_file, require_all=not multi_label)
+    if multi_label:
+        no_negative = [name for name, p in pairs if not p.negative]
+        if no_negative:
+            raise PromptError(f"prompt file {prompts_file!r}, class {no_negative[0]!r}: multi-label (dict) "
+                              "labels need 'negative' phrases (e.g. 'no pleural effusion') for each class")
+        left_out = [n for n in names if n not in {name for name, _ in pairs}]
+        if left_out:
+            logger.warning("zero-shot: classes without prompts left out: %s", left_out)
+    classes = [name for name, _ in pairs]
+    groups = [p.positive for _, p in pairs] + ([p.negative for _, p in pairs] if multi_label else [])
+    texts, mean = phrase_index(groups)
+    scores = scorer.score(images, scorer.encode_texts(texts))  # (N, U)
+    per_class = scores @ mean  # (N, C) or (N, 2C): the mean over each class's phrases
+    c = len(classes)
+    if multi_label:
+        probs = torch.sigmoid(per_class[:, :c] - per_class[:, c:])  # softmax over (positive, negative)
+    else:
+        probs = torch.softmax(per_class, dim=1)
+    # labels of the classes that have prompts, in their order
+    targets = label_targets(images.items, classes if multi_label else names, multi_label)
+    metrics = classification_metrics(probs.numpy(), targets, classes, multi_label)
+    metrics.update(prompts=os.path.abspath(prompts_file), scoring=scorer.description,
+                   task="multi_label" if multi_label else "multi_class", n_phrases=len(texts), n_classes=c)
+    return metrics
 
 
 class ZeroShotEvaluator:
@@ -187,43 +212,15 @@ class ZeroShotEvaluator:
         from .data import load_datalist
 
         ckpt = require_pretrained(self.ckpt)
-        prompts = load_prompts(self.prompts)
         items = load_datalist(self.datalist, self.dataset_dir, self.eval_split, require=("image", "labels"),
                               missing="skip")
         if not items:
             raise ValueError(f"datalist {self.datalist!r} has no labelled images in split {self.eval_split!r}")
-        multi_label, names = label_task(items, self.datalist)
-        pairs = match_classes(prompts, names, self.prompts, require_all=not multi_label)
-        if multi_label:
-            no_negative = [name for name, p in pairs if not p.negative]
-            if no_negative:
-                raise PromptError(f"prompt file {self.prompts!r}, class {no_negative[0]!r}: multi-label (dict) "
-                                  "labels need 'negative' phrases (e.g. 'no pleural effusion') for each class")
-            left_out = [n for n in names if n not in {name for name, _ in pairs}]
-            if left_out:
-                logger.warning("zero-shot: classes without prompts left out: %s", left_out)
-        classes = [name for name, _ in pairs]
-        groups = [p.positive for _, p in pairs] + ([p.negative for _, p in pairs] if multi_label else [])
-        texts, mean = phrase_index(groups)
-
         model, tokenizer = load_pretrained(ckpt, self.device)
         scorer = PairScorer(model, tokenizer, self.device, self.score_mode, self.batch_size, self.image_chunk, self.amp)
         images = ImageItems(items, self.image_size, bad_images=self.bad_images)
-        scores = scorer.score(images, scorer.encode_texts(texts))  # (N, U)
-        per_class = scores @ mean  # (N, C) or (N, 2C): the mean over each class's phrases
-        c = len(classes)
-        if multi_label:
-            probs = torch.sigmoid(per_class[:, :c] - per_class[:, c:])  # softmax over (positive, negative)
-        else:
-            probs = torch.softmax(per_class, dim=1)
-        # labels of the classes that have prompts, in their order
-        targets = label_targets(images.items, classes if multi_label else names, multi_label)
-        metrics = classification_metrics(probs.numpy(), targets, classes, multi_label)
-        metrics.update(
-            eval_split=self.eval_split, checkpoint=os.path.abspath(ckpt), prompts=os.path.abspath(self.prompts),
-            scoring=scorer.description, task="multi_label" if multi_label else "multi_class",
-            n_phrases=len(texts), n_classes=c,
-        )
+        metrics = prompt_metrics(scorer, images, self.datalist, self.prompts)
+        metrics.update(eval_split=self.eval_split, checkpoint=os.path.abspath(ckpt))
         metrics = nan_to_none(metrics)
         atomic_write_text(json.dumps(metrics, indent=2), self.output)
         logger.info("wrote %s: %s", self.output, json.dumps(metrics))

@@ -421,7 +421,7 @@ def test_convert_refuses_pickles_unless_trusted(tmp_path, text_dir, monkeypatch,
     assert "carried over" in printed and "image_projection" in printed and "--pretrained_ckpt" in printed
     with open(out / "model.json", encoding="utf-8") as f:
         meta = json.load(f)
-    assert "weights_only=False" in meta["converted_from"]["read_with"] and meta["image_encoder"] == "resnet18"
+    assert "restricted unpickler" in meta["converted_from"]["read_with"] and meta["image_encoder"] == "resnet18"
     with pytest.raises(SystemExit, match="--overwrite true"):  # never replaces a checkpoint silently
         main()
 

@@ -103,10 +103,14 @@ class PrepareLog:
 
 
 def open_text(path: str) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping ``*.gz``."""
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+    """Open a UTF-8 text file, transparently gunzipping ``*.gz``; another encoding is a
+    :class:`~custom.textfiles.TextEncodingError` naming the file and the encoding it looks like."""
+    from ..textfiles import open_text as open_utf8
+
+    try:
+        return open_utf8(path, "the table")
+    except ValueError as err:
+        raise PrepareError(str(err)) from None
 
 
 def find_file(root: str, names: Sequence[str], what: str, layout: str = "") -> str:

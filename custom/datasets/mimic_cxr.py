@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ..reports import findings_impression
+from ..textfiles import read_text
 from ..utils import as_bool, as_choice, as_optional_path
 from .common import (
     PrepareError, PrepareLog, Record, common_options, find_file, finalize, frontal_filter, read_csv, uncertain_value,
@@ -166,10 +167,9 @@ def prepare_mimic_cxr(
                 reports[key] = (None, "report file not found: " + " or ".join(paths))
             else:
                 try:
-                    with open(path, encoding="utf-8") as f:
-                        reports[key] = (findings_impression(f.read()), "")
-                except (OSError, UnicodeDecodeError) as err:
-                    reports[key] = (None, f"report file cannot be read: {path}: {err}")
+                    reports[key] = (findings_impression(read_text(path, "the report")), "")
+                except (OSError, ValueError) as err:  # ValueError: not UTF-8 (named, with the encoding)
+                    reports[key] = (None, f"report file cannot be read: {err}")
         return reports[key]
 
     records: list[Record] = []

@@ -22,6 +22,8 @@ def build_reclf_model(
     tokenizer,
     image_encoder: str = "resnet18",
     image_weights: str | None = None,
+    image_local_layer: str = "layer3",
+    image_global_layer: str = "layer4",
     text_encoder: str | None = None,
     text_config: dict[str, Any] | None = None,
     text_pooling: str = "mean",
@@ -37,6 +39,8 @@ def build_reclf_model(
     Args:
         tokenizer: the run's tokenizer (its size sets the vocabulary of a from-config BERT).
         image_encoder: ``resnet18`` | ``resnet50`` ...; image_weights: torchvision state dict path.
+        image_local_layer, image_global_layer: the ResNet stages giving the region grid and the
+            global vector (:class:`ImageEncoder`; defaults ``layer3`` / ``layer4``).
         text_encoder: local Hugging Face folder, or ''/None for a small BERT from config.
         text_config: overrides of the small BERT (hidden_size, num_hidden_layers, ...).
         text_pooling: report vector from the ``mean`` of word states or the ``cls`` token.
@@ -57,11 +61,13 @@ def build_reclf_model(
         raise TypeError(f"unknown model arguments {sorted(unknown)}; expected a subset of {list(MODEL_ARGS)}")
     model_args = {k: _plain(k, v) for k, v in model_args.items()}
     init_ckpt = as_optional_path(init_ckpt)
-    image = ImageEncoder(image_encoder, weights=None if init_ckpt else image_weights)
+    image = ImageEncoder(image_encoder, weights=None if init_ckpt else image_weights,
+                         local_layer=image_local_layer, global_layer=image_global_layer)
     text_model = build_text_model(text_encoder, tokenizer, **(text_config or {}))
     text = TextEncoder(text_model, pooling=text_pooling, readout=text_readout, readout_layers=text_readout_layers)
     model = RECLFModel(image, text, **model_args)
-    model.build_config = {"image_encoder": image_encoder, "text_pooling": text_pooling,
+    model.build_config = {"image_encoder": image_encoder, "image_local_layer": image.local_layer,
+                          "image_global_layer": image.global_layer, "text_pooling": text_pooling,
                           "text_readout": text.readout, "text_readout_layers": text.readout_layers, "model": model_args}
     model.pretrained_parts = {
         "image": bool(init_ckpt or as_optional_path(image_weights)),
@@ -74,7 +80,7 @@ def build_reclf_model(
 
 
 # the model.json entries that rebuild the network (beside "model", the RECLFModel arguments)
-BUILD_KEYS = ("image_encoder", "text_pooling", "text_readout", "text_readout_layers", "model")
+BUILD_KEYS = ("image_encoder", "image_local_layer", "image_global_layer", "text_pooling", "text_readout", "text_readout_layers", "model")
 _BOOL_ARGS = ("srm", "irm", "srm_word_bias", "learn_scales", "checkpoint_chunks")
 
 
@@ -95,10 +101,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def load_state_dict_strict(model: torch.nn.Module, path: str) -> None:
     """Load a reclf ``model.pt`` strictly, with a message that says what does not match."""
+    from ..checkpoints import load_state
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} not found (run reclf_pretrain/configs/train.yaml first?)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = load_state(path)
     try:
         unwrap(model).load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -106,34 +113,23 @@ def load_state_dict_strict(model: torch.nn.Module, path: str) -> None:
 
 
 def save_pretrained(model: torch.nn.Module, tokenizer, directory: str, filename: str = "model.pt") -> str:
-    """Write the self-describing checkpoint: ``model.pt`` + ``model.json`` + ``text/``.
-
-    Each file is written atomically; ``model.json`` last, so it never points at missing weights.
-    """
-    from ..utils import atomic_torch_save, atomic_write_text
+    """Write the self-describing checkpoint: ``model.pt`` + ``model.json`` + ``text/``, one verified
+    set (:func:`custom.checkpoints.write_checkpoint`: atomic files, ``model.json`` last with hashes)."""
+    from ..checkpoints import write_checkpoint
 
     net = unwrap(model)
-    os.makedirs(directory, exist_ok=True)
-    text_dir = os.path.join(directory, "text")
-    tokenizer.save_pretrained(text_dir)
-    net.text_encoder.model.config.save_pretrained(text_dir)
-    path = os.path.join(directory, filename)
-    atomic_torch_save(net.state_dict(), path)
-    meta = {"format": "reclf-pretrain/1", "weights": filename, "text": "text", **net.build_config}
-    atomic_write_text(json.dumps(meta, indent=2), os.path.join(directory, "model.json"))
-    return path
+    return write_checkpoint(os.path.join(directory, filename), net.state_dict(), net.build_config, "pretrain",
+                            tokenizer=tokenizer, text_config=net.text_encoder.model.config)
 
 
 def load_pretrained(ckpt: str, device: str | torch.device = "cpu"):
     """Rebuild (model, tokenizer) from a self-describing ``model.pt`` (its ``model.json`` and ``text/``)."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from ..checkpoints import read_meta
+
     directory = os.path.dirname(os.path.abspath(ckpt))
-    meta_path = os.path.join(directory, "model.json")
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{meta_path!r} not found: {ckpt!r} is not a self-describing reclf checkpoint")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = read_meta(ckpt, "pretrain")
     text_dir = os.path.join(directory, meta.get("text", "text"))
     tokenizer = AutoTokenizer.from_pretrained(text_dir, local_files_only=True)
     text = TextEncoder(
@@ -142,7 +138,9 @@ def load_pretrained(ckpt: str, device: str | torch.device = "cpu"):
         readout=meta.get("text_readout", "last"),
         readout_layers=meta.get("text_readout_layers", 1),
     )
-    model = RECLFModel(ImageEncoder(meta["image_encoder"]), text, **meta["model"])
+    image = ImageEncoder(meta["image_encoder"], local_layer=meta.get("image_local_layer", "layer3"),
+                         global_layer=meta.get("image_global_layer", "layer4"))
+    model = RECLFModel(image, text, **meta["model"])
     model.build_config = {k: meta[k] for k in BUILD_KEYS if k in meta}
     load_state_dict_strict(model, ckpt)
     return model.to(device).eval(), tokenizer

@@ -18,8 +18,17 @@ RESNET_SPECS: dict[str, tuple[type, list[int], int, int]] = {
     "resnet34": (ResNetBlock, [3, 4, 6, 3], 256, 512),
     "resnet50": (ResNetBottleneck, [3, 4, 6, 3], 1024, 2048),
 }
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 # ImageNet statistics averaged over RGB: grayscale radiographs fed to ImageNet-initialised weights.
 GRAY_MEAN, GRAY_STD = 0.449, 0.226
+
+
+def stage_channels(name: str) -> dict[str, int]:
+    """Output channels of each ResNet stage (``layer1`` .. ``layer4``) of ``name``."""
+    if name not in RESNET_SPECS:
+        raise ValueError(f"image_encoder: expected one of {sorted(RESNET_SPECS)}, got {name!r}")
+    expansion = 4 if RESNET_SPECS[name][0] is ResNetBottleneck else 1
+    return {stage: c * expansion for stage, c in zip(STAGES, (64, 128, 256, 512))}
 
 
 def build_resnet(name: str) -> ResNet:
@@ -73,18 +82,31 @@ class ImageEncoder(nn.Module):
         weights: optional path to ResNet weights: a torchvision-format ImageNet state dict, loaded
             strictly, or a timm / MONAI / Lightning file converted when unambiguous
             (:func:`load_torchvision_weights`).
+        local_layer: the stage whose output is the region grid (default ``layer3``: h = H/16;
+            ``layer2``: H/8, ``layer1``: H/4), so small images still give a fine grid.
+        global_layer: the stage whose pooled output is the global vector (default ``layer4``); the
+            stages after it are not run (a truncated, cheaper encoder). Their parameters stay in
+            the module, untrained, so the state dict keeps torchvision's layout whatever the stages.
 
     Forward:
         images: (B, 1, H, W) intensities in [0, 1].
-        returns ``global`` (B, C4) pooled ``layer4`` features and ``local`` (B, C3, h, w) ``layer3``
-        features (h = H/16), the grid whose cells are the "regions" of local matching.
+        returns ``global`` (B, C) pooled ``global_layer`` features and ``local`` (B, C', h, w)
+        ``local_layer`` features, the grid whose cells are the "regions" of local matching.
     """
 
-    def __init__(self, name: str = "resnet18", weights: str | None = None) -> None:
+    def __init__(self, name: str = "resnet18", weights: str | None = None, local_layer: str = "layer3",
+                 global_layer: str = "layer4") -> None:
         super().__init__()
         self.name = name
         self.backbone = build_resnet(name)
-        _, _, self.local_channels, self.global_channels = RESNET_SPECS[name]
+        for what, stage in (("image_local_layer", local_layer), ("image_global_layer", global_layer)):
+            if stage not in STAGES:
+                raise ValueError(f"{what}: expected one of {list(STAGES)}, got {stage!r}")
+        if STAGES.index(global_layer) < STAGES.index(local_layer):
+            raise ValueError(f"image_global_layer {global_layer!r} comes before image_local_layer {local_layer!r}")
+        self.local_layer, self.global_layer = local_layer, global_layer
+        channels = stage_channels(name)
+        self.local_channels, self.global_channels = channels[local_layer], channels[global_layer]
         weights = as_optional_path(weights)
         if weights is not None:
             load_torchvision_weights(self.backbone, weights)
@@ -97,7 +119,9 @@ class ImageEncoder(nn.Module):
         x = net.act(net.bn1(net.conv1(x)))
         if not net.no_max_pool:
             x = net.maxpool(x)
-        x = net.layer2(net.layer1(x))
-        local = net.layer3(x)
-        deep = net.layer4(local)
-        return {"global": F.adaptive_avg_pool2d(deep, 1).flatten(1), "local": local}
+        local = None
+        for stage in STAGES[: STAGES.index(self.global_layer) + 1]:
+            x = getattr(net, stage)(x)
+            if stage == self.local_layer:
+                local = x
+        return {"global": F.adaptive_avg_pool2d(x, 1).flatten(1), "local": local}
