@@ -66,6 +66,7 @@ ARMS: dict[str, dict[str, Any] | None] = {
 ARM_LABELS = {
     "random_init": "random init", "convirt": "ConVIRT (global)", "gloria": "GLoRIA pooling",
     "reclf_no_srm_no_irm": "RECLF − SRM − IRM", "reclf_no_srm": "RECLF − SRM", "reclf_no_irm": "RECLF − IRM", "reclf": "RECLF (full)",
+    "reclf_srm_local": "RECLF + SRM word-distance prior", "reclf_sharp": "RECLF, attention scale 16",
 }
 
 LATERAL_FINDINGS = ("opacity", "effusion", "nodule", "pneumothorax", "atelectasis")

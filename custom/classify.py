@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .downstream import load_weights_strict, require_checkpoint
-from .utils import as_bool, as_optional_path, atomic_write_text, autocast
+from .utils import as_bool, as_optional_path, autocast, write_json
 
 logger = logging.getLogger("reclf")
 
@@ -201,7 +201,7 @@ class ClassifierPredictor:
             "n_skipped": len(skipped),
             "skipped": skipped,
         }
-        atomic_write_text(json.dumps(result, indent=2), self.output)
+        write_json(result, self.output)
         logger.info("wrote %d predictions to %s", len(records), self.output)
         print(f"reclf_cls inference: {len(records)} image(s) classified -> {self.output}"
               + (f"; {len(skipped)} unreadable file(s) skipped (listed there)" if skipped else ""), flush=True)

@@ -33,7 +33,7 @@ from .metrics import nan_to_none, precision_at_k, retrieval_recall
 from .nets.factory import load_pretrained
 from .prompts import load_prompts, match_classes
 from .text import report_key
-from .utils import as_bool, as_choice, as_optional_path, atomic_write_text
+from .utils import as_bool, as_choice, as_optional_path, write_json
 from .zero_shot import PairScorer, read_label_names
 
 logger = logging.getLogger("reclf")
@@ -145,7 +145,7 @@ class CrossModalRetrievalEvaluator:
             eval_split=self.eval_split, checkpoint=os.path.abspath(ckpt),
         )
         metrics = nan_to_none(metrics)
-        atomic_write_text(json.dumps(metrics, indent=2), self.output)
+        write_json(metrics, self.output)
         logger.info("wrote %s: %s", self.output, json.dumps(metrics))
         print(json.dumps(metrics, indent=2))
         return metrics

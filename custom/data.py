@@ -117,15 +117,19 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 class LoadRadiographd(MapTransform):
-    """Read ``keys`` with :func:`custom.io.read_radiograph` into channel-first (1, H, W) float32."""
+    """Read ``keys`` with :func:`custom.io.read_radiograph` into channel-first (1, H, W) float32.
 
-    def __init__(self, keys: Sequence[str] = ("image",)) -> None:
+    ``reduce_to``: the longest side a later resize gives (JPEGs then decode at a reduced scale
+    that stays at or above it; part of the image cache key)."""
+
+    def __init__(self, keys: Sequence[str] = ("image",), reduce_to: int | None = None) -> None:
         super().__init__(keys)
+        self.reduce_to = int(reduce_to) if reduce_to else None
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         out = dict(data)
         for key in self.key_iterator(out):
-            out[key] = read_radiograph(out[key])[None]
+            out[key] = read_radiograph(out[key], self.reduce_to)[None]
         return out
 
 
@@ -155,7 +159,7 @@ def image_transform(image_size: int) -> Compose:
     size = as_int(image_size, "image_size", minimum=8)
     return Compose(
         [
-            LoadRadiographd(("image",)),
+            LoadRadiographd(("image",), reduce_to=size),
             ResizeLongestd(("image",), size, mode="area"),
             SpatialPadd(("image",), spatial_size=(size, size)),
         ]
@@ -200,6 +204,7 @@ class CachedRecords(Sequence):
     """
 
     def __init__(self, cache: ImageCache, paths: dict[str, list[str]], keys: np.ndarray) -> None:
+        """``paths``: field -> one source path per record; ``keys``: (N, 32) uint8 sha256 digests."""
         self.cache, self.paths, self.keys = cache, paths, keys
 
     def __len__(self) -> int:
@@ -207,7 +212,7 @@ class CachedRecords(Sequence):
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         sources = {field: paths[index] for field, paths in self.paths.items()}
-        return self.cache.read(sources, key=bytes(self.keys[index]).hex())
+        return self.cache.read(sources, key=self.keys[index].tobytes().hex())
 
 
 def _read_error(err: Exception) -> Exception:
@@ -249,7 +254,9 @@ def decode_images(
     keys = tuple(keys)
     cache_dir = as_optional_path(cache_dir)
     cache = ImageCache(cache_dir, transform, keys) if cache_dir else None
-    digests = np.zeros(len(items), dtype="S32")  # 32 bytes a key (a hex str would be ~113)
+    # 32 bytes a key (a hex str would be ~113); uint8 rows, not dtype "S32", which drops trailing
+    # NUL bytes: a digest ending in 00 would come back as another key
+    digests = np.zeros((len(items), 32), dtype=np.uint8)
     stored: list[Any] = [None] * len(items) if cache is None else []
 
     def decode(n: int) -> Exception | None:
@@ -260,7 +267,7 @@ def decode_images(
             else:
                 key = cache.key(sources)
                 cache.ensure(sources, key)
-                digests[n] = bytes.fromhex(key)
+                digests[n] = np.frombuffer(bytes.fromhex(key), dtype=np.uint8)
         except Exception as err:  # noqa: BLE001 - every failure is reported by the policy below
             return _read_error(err)
         return None
@@ -335,14 +342,21 @@ class PretrainDataset(EpochSeededDataset):
         self.images, items = decode_images(items, image_transform(image_size), cache_dir, bad_images, cache_workers)
         self.items = items
         self.reports = [str(it["report"]) for it in items]
-        encoded = encode_reports(tokenizer, self.reports, max_length=max_length)
-        valid = encoded["attention_mask"].astype(bool)
-        # unpadded token rows; the collate pads each batch only to its own longest report
-        self.tokens = [
-            {k: encoded[k][n][valid[n]] for k in ("input_ids", "attention_mask", "word_ids")}
-            for n in range(len(items))
-        ]
-        empty = [n for n, t in enumerate(self.tokens) if (t["word_ids"] < 0).all()]
+        # unpadded token rows, concatenated: row n is [offsets[n], offsets[n+1]) of input_ids /
+        # word_ids (int32). A list of per-item arrays costs ~1 kB an item in object overhead (0.4 GB
+        # at MIMIC-CXR's 377k); the collate pads each batch only to its own longest report.
+        ids, words, lengths = [], [], []
+        for start in range(0, len(self.reports), 4096):  # chunks bound the tokenizer's padded peak
+            encoded = encode_reports(tokenizer, self.reports[start:start + 4096], max_length=max_length)
+            valid = encoded["attention_mask"].astype(bool)  # unpadded rows: attention is all ones
+            ids.append(encoded["input_ids"][valid].astype(np.int32))
+            words.append(encoded["word_ids"][valid].astype(np.int32))
+            lengths.append(valid.sum(1))
+        self.token_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+        self.word_ids = np.concatenate(words) if words else np.zeros(0, np.int32)
+        self.offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths) if lengths else [])]).astype(np.int64)
+        has_word = np.maximum.reduceat(self.word_ids, self.offsets[:-1]) >= 0 if len(items) else np.ones(0, bool)
+        empty = np.flatnonzero(~has_word).tolist()
         if empty:
             first = items[empty[0]]
             raise ValueError(
@@ -361,7 +375,14 @@ class PretrainDataset(EpochSeededDataset):
             self.augment.set_random_state(seed=(epoch_seed(self.seed, self.epoch) + 104729 * int(index)) % (2**32))
             image = self.augment(image)
         pixels = torch.as_tensor(np.asarray(image["image"]), dtype=torch.float32)
-        return {"image": pixels, "report_id": int(self.report_ids[index]), "index": int(index), **self.tokens[index]}
+        return {"image": pixels, "report_id": int(self.report_ids[index]), "index": int(index), **self.tokens(index)}
+
+    def tokens(self, index: int) -> dict[str, np.ndarray]:
+        """Report ``index``'s unpadded ``input_ids``, ``attention_mask`` (ones) and ``word_ids``
+        (-1: special/punctuation token), each (T,) int64 as :func:`custom.text.encode_reports` made them."""
+        a, b = int(self.offsets[index]), int(self.offsets[index + 1])
+        return {"input_ids": self.token_ids[a:b].astype(np.int64), "attention_mask": np.ones(b - a, np.int64),
+                "word_ids": self.word_ids[a:b].astype(np.int64)}
 
     def collate(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Stack images; pad token rows to the batch's longest report."""

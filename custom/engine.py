@@ -100,6 +100,11 @@ class PretrainTrainer(Engine):
     ) -> None:
         super().__init__(self._iteration)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            # the local terms' backward produces subnormal floats, which x86 CPUs handle ~100x
+            # slower: measured, a real-size GLoRIA step took 34.0 s with them, 23.5 s flushed to
+            # zero (values below 1e-38 cannot change a float32 result that matters)
+            torch.set_flush_denormal(True)
         self.max_epochs = as_int(max_epochs, "epochs", minimum=1)
         self.data_loader = train_data_loader
         self.network = network

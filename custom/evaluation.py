@@ -12,7 +12,7 @@ import torch
 from .data import PretrainDataset, load_datalist, make_loader
 from .metrics import nan_to_none, retrieval_recall
 from .nets.factory import load_pretrained, unwrap
-from .utils import as_amp, atomic_write_text, autocast
+from .utils import as_amp, autocast, write_json
 
 logger = logging.getLogger("reclf")
 
@@ -77,7 +77,7 @@ class RetrievalEvaluator:
         metrics = retrieval_metrics(model, loader, self.args["device"], self.amp)
         metrics.update(eval_split=self.eval_split, checkpoint=os.path.abspath(self.args["ckpt"]))
         metrics = nan_to_none(metrics)
-        atomic_write_text(json.dumps(metrics, indent=2), self.output)
+        write_json(metrics, self.output)
         logger.info("wrote %s: %s", self.output, json.dumps(metrics))
         print(json.dumps(metrics, indent=2))
         return metrics

@@ -487,6 +487,9 @@ def _check_checkpoint(weights: str, need_text: bool, what: str) -> None:
     if missing:
         raise FileNotFoundError(f"{what} {weights!r} is not self-describing: {missing} missing beside it "
                                 "(train.yaml writes them next to model.pt)")
+    from .checkpoints import read_meta
+
+    read_meta(weights)  # the parts must be one verified set before they are packaged
 
 
 def _updated_metadata(meta: dict[str, Any], name: str, model_meta: dict[str, Any]) -> dict[str, Any]:

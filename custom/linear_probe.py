@@ -44,7 +44,7 @@ from .metrics import classification_metrics, nan_to_none
 from .nets.classifier import ImageClassifier
 from .nets.factory import unwrap
 from .textfiles import read_json
-from .utils import as_bool, as_choice, as_int, as_optional_path, atomic_torch_save, atomic_write_text, autocast, seed_everything
+from .utils import as_bool, as_choice, as_int, as_optional_path, autocast, seed_everything, write_json
 
 logger = logging.getLogger("reclf")
 
@@ -493,7 +493,7 @@ class LinearProbe:
                     net.head.bias.copy_(bias)
                 self._save(record, len(train_y), selection.key_metric)
         summary = self._summary(per_seed)
-        atomic_write_text(json.dumps(summary, indent=2), self.output)
+        write_json(summary, self.output)
         logger.info("wrote %s", self.output)
         print(json.dumps({k: v for k, v in summary.items() if not k.startswith("seed")}, indent=2))
         return summary
@@ -601,7 +601,7 @@ class ProbeEvaluator:
                        **{k: meta.get(k) for k in ("label_fraction", "label_seed", "label_seeds", "n_train",
                                                   "pretrained_ckpt", "image_encoder")})
         metrics = nan_to_none(metrics)
-        atomic_write_text(json.dumps(metrics, indent=2), self.output)
+        write_json(metrics, self.output)
         logger.info("wrote %s: %s", self.output, json.dumps(metrics))
         print(json.dumps(metrics, indent=2))
         return metrics

@@ -28,7 +28,9 @@ class GlobalContrastiveLoss(nn.Module):
     """Symmetric InfoNCE on the global embeddings, features gathered across ranks.
 
     Each rank scores its own images against all gathered reports and its own reports against all
-    gathered images (gradient kept for the local slice).
+    gathered images; the gather's backward sums every rank's gradient w.r.t. this rank's features
+    (:func:`custom.distributed.gather_with_grad`), so with DDP's gradient averaging a step equals
+    the single-process step on the concatenated batch. The local term stays per rank.
 
     Args:
         image_to_text_weight: λ of L = λ·L(image→text) + (1−λ)·L(text→image); 0.5 is the

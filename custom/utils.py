@@ -108,13 +108,49 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 
 def atomic_write_text(text: str, path: str) -> None:
-    """Write a text file atomically (temporary file + rename)."""
+    """Write a text file atomically: an exclusively created temp file in the same folder (never a
+    planted file or link), then a rename over ``path``; an interrupted write leaves the old file."""
+    import tempfile
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth) as None, numpy scalars/arrays as
+    Python values: undefined metrics are ``null`` in JSON, never NaN (DESIGN §5)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(value: Any, path: str, indent: int = 2) -> None:
+    """The one writer of result/metrics JSON files: :func:`json_safe`, atomic."""
+    import json
+
+    atomic_write_text(json.dumps(json_safe(value), indent=indent, allow_nan=False) + "\n", path)
 
 
 AMP_MODES = ("false", "true", "fp16", "bf16")

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .data import PretrainDataset, image_transform, load_datalist, make_loader
 from .text import encode_reports, normalize_report, token_limit
-from .utils import atomic_write_text
+from .utils import write_json
 
 logger = logging.getLogger("reclf")
 
@@ -616,7 +616,7 @@ class AttentionVisualizer:
         grounding["figures"] = [os.path.basename(p) for p in paths]
         grounding = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in grounding.items()}
         out = os.path.join(self.output_dir, "grounding.json")
-        atomic_write_text(json.dumps(grounding, indent=2), out)
+        write_json(grounding, out)
         logger.info("wrote %d figure(s) and %s", len(paths), out)
         print(json.dumps({k: v for k, v in grounding.items() if k != "figures"}, indent=2))
         return grounding

@@ -38,7 +38,7 @@ from .metrics import classification_metrics, nan_to_none
 from .nets.factory import load_pretrained, unwrap
 from .nets.scorers import GloriaPoolingScorer
 from .prompts import PromptError, load_prompts, match_classes
-from .utils import as_bool, as_choice, atomic_write_text
+from .utils import as_bool, as_choice, write_json
 
 logger = logging.getLogger("reclf")
 
@@ -222,7 +222,7 @@ class ZeroShotEvaluator:
         metrics = prompt_metrics(scorer, images, self.datalist, self.prompts)
         metrics.update(eval_split=self.eval_split, checkpoint=os.path.abspath(ckpt))
         metrics = nan_to_none(metrics)
-        atomic_write_text(json.dumps(metrics, indent=2), self.output)
+        write_json(metrics, self.output)
         logger.info("wrote %s: %s", self.output, json.dumps(metrics))
         print(json.dumps(metrics, indent=2))
         return metrics

@@ -13,7 +13,6 @@ official split where the dataset ships one) and hands them to :func:`finalize`, 
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import json

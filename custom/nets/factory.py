@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from typing import Any
 
@@ -82,6 +81,7 @@ def build_reclf_model(
 # the model.json entries that rebuild the network (beside "model", the RECLFModel arguments)
 BUILD_KEYS = ("image_encoder", "image_local_layer", "image_global_layer", "text_pooling", "text_readout", "text_readout_layers", "model")
 _BOOL_ARGS = ("srm", "irm", "srm_word_bias", "learn_scales", "checkpoint_chunks")
+_FLOAT_ARGS = ("srm_locality",)  # a command line gives '0.5': model.json records the number
 
 
 def _plain(name: str, value: Any) -> Any:
@@ -91,6 +91,8 @@ def _plain(name: str, value: Any) -> Any:
         value = value.item()
     if name in _BOOL_ARGS:
         return as_bool(value, name)
+    if name in _FLOAT_ARGS:
+        return float(value)
     return value
 
 

@@ -47,16 +47,26 @@ def region_attention(
     """
     g, nv, r, d = regions.shape
     ne, t = words.shape[1], words.shape[2]
+    if mode not in ("cosine", "gloria"):
+        raise ValueError(f"attention mode must be 'cosine' or 'gloria', got {mode!r}")
+    # One (G, Ne·T, D) x (G, D, Nv·R) product for all image/report pairs of a group. Written as a
+    # matmul of a (G, 1, Ne·T, D) query against (G, Nv, R, D) regions, torch broadcasts the query
+    # by *copying* it Nv times, and the backward materialises the (G, Nv, Ne·T, D) gradient
+    # before summing it: D-sized traffic where only an R-sized (Nv, Ne·T, R) result is needed.
     if mode == "cosine":
         # the scale multiplies the small word tensor, not the (Nv·Ne·T·R) logits
-        query = (scale * F.normalize(words, dim=-1)).reshape(g, 1, ne * t, d)
-        logits = torch.matmul(query, F.normalize(regions, dim=-1).transpose(-1, -2))  # (G, Nv, Ne·T, R)
-        return torch.softmax(logits, dim=-1)
-    if mode != "gloria":
-        raise ValueError(f"attention mode must be 'cosine' or 'gloria', got {mode!r}")
-    logits = torch.matmul(words.reshape(g, 1, ne * t, d), regions.transpose(-1, -2)).view(g, nv, ne, t, r)
-    over_words = masked_softmax(logits, word_mask.view(g, 1, ne, t, 1), dim=3)
-    return torch.softmax(scale * over_words.view(g, nv, ne * t, r), dim=-1)
+        query = (scale * F.normalize(words, dim=-1)).reshape(g, ne * t, d)
+        keys = F.normalize(regions, dim=-1)
+    else:
+        query, keys = words.reshape(g, ne * t, d), regions
+    logits = torch.matmul(query, keys.reshape(g, nv * r, d).transpose(-1, -2)).view(g, ne * t, nv, r)
+    if mode == "cosine":
+        alpha = torch.softmax(logits, dim=-1)  # (G, Ne·T, Nv, R)
+    else:
+        over_words = masked_softmax(logits.view(g, ne, t, nv, r), word_mask.view(g, ne, t, 1, 1), dim=2)
+        alpha = torch.softmax(scale * over_words.view(g, ne * t, nv, r), dim=-1)
+    # (G, Nv, Ne·T, R) contiguous, the layout attend()'s per-image matmul reads (an R-sized copy)
+    return alpha.transpose(1, 2).contiguous()
 
 
 def attend(

@@ -54,6 +54,8 @@ class RECLFModel(nn.Module):
         embed_dim: D_g of the global joint space. local_dim: D_l of regions/words (≤ 256 keeps the
             B² local term cheap). position_dim: Dp of the position codes. match_dim: D_m.
         srm, irm, srm_layers, srm_heads, srm_word_bias: RECLF relation modules.
+        srm_locality: > 0 biases SRM attention by −γ·(word distance), γ learnable, initialised to
+            this (a departure from DESIGN §2, off by default; docs/results.md "Evidence").
         gloria_pooling: ``sum`` (GLoRIA) | ``mean`` for the GLoRIA objective.
         local_negatives: ``all`` (B² pairs) | ``topk`` (positive + K hardest global negatives).
         topk: K.
@@ -93,6 +95,7 @@ class RECLFModel(nn.Module):
         chunk_pairs: int | None = None,
         chunk_elements: int = 2**22,
         checkpoint_chunks: bool | str = True,
+        srm_locality: float = 0.0,
     ) -> None:
         super().__init__()
         self.objective = as_choice(objective, OBJECTIVES, "objective")
@@ -118,6 +121,7 @@ class RECLFModel(nn.Module):
                     srm_layers=srm_layers, srm_heads=srm_heads, srm_word_bias=as_bool(srm_word_bias, "srm_word_bias"),
                     attention_scale=attention_scale, learn_scales=learn_scales, chunk_pairs=chunk_pairs,
                     checkpoint_chunks=as_bool(checkpoint_chunks, "checkpoint_chunks"), chunk_elements=chunk_elements,
+                    srm_locality=float(srm_locality),
                 )
             else:
                 self.scorer = GloriaPoolingScorer(

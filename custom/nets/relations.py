@@ -27,9 +27,13 @@ class RelationLayer(nn.Module):
         heads: attention heads.
         mlp_ratio: hidden size of the MLP relative to ``dim``.
         word_bias: learn a per-head gain on an external (T, T) bias (the word–word similarity).
+        locality: > 0 adds −γ_h·|k − l| to the attention logits of words k, l (their distance in
+            the report), with a learnable per-head γ_h initialised to ``locality``: a prior that a
+            location word relates to the finding word next to it. 0 (default): no such term.
     """
 
-    def __init__(self, dim: int, heads: int = 2, mlp_ratio: float = 2.0, word_bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int = 2, mlp_ratio: float = 2.0, word_bias: bool = True,
+                 locality: float = 0.0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"match_dim {dim} must be divisible by srm_heads {heads}")
@@ -41,15 +45,18 @@ class RelationLayer(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.word_bias_gain = nn.Parameter(torch.zeros(heads)) if word_bias else None
+        self.locality_gain = nn.Parameter(torch.full((heads,), float(locality))) if float(locality) > 0 else None
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor, word_sim: torch.Tensor | None = None
+        self, x: torch.Tensor, key_mask: torch.Tensor, word_sim: torch.Tensor | None = None,
+        distance: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             x: (..., T, D) matching features.
             key_mask: (..., T) bool, broadcastable to x's leading dims.
             word_sim: optional (..., T, T) bias, broadcastable.
+            distance: optional (T, T) word distances |k − l| (used with ``locality``).
 
         Returns:
             updated x (..., T, D) and attention (..., heads, T, T).
@@ -62,6 +69,8 @@ class RelationLayer(nn.Module):
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d // h)
         if self.word_bias_gain is not None and word_sim is not None:
             scores = scores + word_sim.unsqueeze(-3) * self.word_bias_gain.view(h, 1, 1)
+        if self.locality_gain is not None and distance is not None:
+            scores = scores - distance.to(scores.dtype) * self.locality_gain.view(h, 1, 1)
         scores = scores.masked_fill(~key_mask.unsqueeze(-2).unsqueeze(-2), NEG_INF)
         attn = torch.softmax(scores, dim=-1)
         mixed = torch.matmul(attn, v).transpose(-2, -3).reshape(*lead, t, d)
@@ -73,17 +82,19 @@ class RelationLayer(nn.Module):
 class SemanticRelationModule(nn.Module):
     """SRM: a stack of :class:`RelationLayer` over the matchings of each pair."""
 
-    def __init__(self, dim: int, layers: int = 1, heads: int = 2, word_bias: bool = True) -> None:
+    def __init__(self, dim: int, layers: int = 1, heads: int = 2, word_bias: bool = True, locality: float = 0.0) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(RelationLayer(dim, heads, word_bias=word_bias) for _ in range(int(layers)))
+        self.layers = nn.ModuleList(RelationLayer(dim, heads, word_bias=word_bias, locality=locality)
+                                    for _ in range(int(layers)))
 
     def forward(
-        self, matchings: torch.Tensor, key_mask: torch.Tensor, word_sim: torch.Tensor | None = None
+        self, matchings: torch.Tensor, key_mask: torch.Tensor, word_sim: torch.Tensor | None = None,
+        distance: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """matchings (..., T, D) -> (..., T, D); also the last layer's attention (..., H, T, T)."""
         attn = None
         for layer in self.layers:
-            matchings, attn = layer(matchings, key_mask, word_sim)
+            matchings, attn = layer(matchings, key_mask, word_sim, distance)
         return matchings, attn
 
 

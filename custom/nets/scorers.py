@@ -253,6 +253,8 @@ class RelationScorer(LocalScorer):
         match_dim: D_m of the matching features.
         srm, irm: the two relation modules (off: m' = m; uniform β over valid words).
         srm_layers, srm_heads, srm_word_bias: SRM size and whether it sees word–word similarity.
+        srm_locality: > 0: SRM attention logits get −γ·|k − l| for words k, l of a report (γ
+            learnable per head, initialised to this); 0 (default) leaves SRM as DESIGN §2 has it.
         attention_scale: s_att of α = softmax_r(s_att · cos(e, v)); learnable if ``learn_scales``.
     """
 
@@ -271,13 +273,15 @@ class RelationScorer(LocalScorer):
         chunk_pairs: int | None = None,
         checkpoint_chunks: bool = True,
         chunk_elements: int = 2**22,
+        srm_locality: float = 0.0,
     ) -> None:
         super().__init__(chunk_pairs, checkpoint_chunks, chunk_elements)
         self.attention_scale = LogScale(attention_scale, learnable=learn_scales)
         self.match_feature = nn.Sequential(
             nn.Linear(2 * local_dim + position_dim, match_dim), nn.GELU(), nn.Linear(match_dim, match_dim)
         )
-        self.srm = SemanticRelationModule(match_dim, srm_layers, srm_heads, srm_word_bias) if srm else None
+        self.srm_locality = float(srm_locality)
+        self.srm = SemanticRelationModule(match_dim, srm_layers, srm_heads, srm_word_bias, self.srm_locality) if srm else None
         self.irm = ImportanceRelationModule(match_dim, local_dim) if irm else None
         self.score_head = nn.Linear(match_dim, 1, bias=False)
         nn.init.normal_(self.score_head.weight, std=1e-2)
@@ -330,7 +334,11 @@ class RelationScorer(LocalScorer):
         srm_attn = None
         if self.srm is not None:
             word_sim = torch.matmul(e_hat, e_hat.transpose(-1, -2)).unsqueeze(1)  # (G, 1, Ne, T, T)
-            matchings, srm_attn = self.srm(matchings, key_mask, word_sim)
+            distance = None
+            if self.srm_locality > 0:  # word k of a report is its k-th word: |k - l| words apart
+                slots = torch.arange(t, device=words.device)
+                distance = (slots.view(-1, 1) - slots.view(1, -1)).abs()
+            matchings, srm_attn = self.srm(matchings, key_mask, word_sim, distance)
         if self.irm is not None:
             weights = self.irm(matchings, words, word_mask)
         else:
