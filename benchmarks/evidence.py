@@ -495,29 +495,37 @@ def summarise_curves(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
     return out
 
 
-def final_table(summary: Mapping[str, Mapping[str, Any]], digits: int = 3) -> str:
-    """Markdown: one row per arm, the metrics of :data:`TABLE` at its last evaluated step."""
+def _at(s: Mapping[str, Any], epoch: int | None) -> int:
+    """Index of ``epoch`` in an arm's evaluated epochs (None or not evaluated: the last one)."""
+    return s["epochs"].index(epoch) if epoch in s["epochs"] else len(s["epochs"]) - 1
+
+
+def final_table(summary: Mapping[str, Mapping[str, Any]], digits: int = 3, epoch: int | None = None) -> str:
+    """Markdown: one row per arm, the metrics of :data:`TABLE` at ``epoch`` (default, or where
+    an arm has not reached it: its last evaluated step)."""
     lines = ["| arm | step | " + " | ".join(t for _, t in TABLE) + " | pretrain CPU min |",
              "|---|---|" + "---|" * (len(TABLE) + 1)]
     for arm, s in summary.items():
         if not s["epochs"]:
             continue
-        cells = [format_cell(s["metrics"][k][-1], digits) if k in s["metrics"] else "—" for k, _ in TABLE]
-        n = s["metrics"]["side/auroc"][-1]["n"] if "side/auroc" in s["metrics"] else len(s["seeds"])
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} (n={n}) | {s['steps'][-1]:.0f} | " + " | ".join(cells)
+        i = _at(s, epoch)
+        cells = [format_cell(s["metrics"][k][i], digits) if k in s["metrics"] else "—" for k, _ in TABLE]
+        n = s["metrics"]["side/auroc"][i]["n"] if "side/auroc" in s["metrics"] else len(s["seeds"])
+        lines.append(f"| {ARM_LABELS.get(arm, arm)} (n={n}) | {s['steps'][i]:.0f} | " + " | ".join(cells)
                      + f" | {format_cell(s['pretrain_cpu_min'], 1)} |")
     return "\n".join(lines) + "\n"
 
 
-def per_finding_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: the final finding × side AUROC per lateral finding."""
-    lines = ["| arm | " + " | ".join(LATERAL_FINDINGS) + " | mean |", "|---|" + "---|" * (len(LATERAL_FINDINGS) + 1)]
+def per_finding_table(summary: Mapping[str, Mapping[str, Any]], epoch: int | None = None) -> str:
+    """Markdown: the finding × side AUROC per lateral finding at ``epoch`` (as :func:`final_table`)."""
+    lines = ["| arm | step | " + " | ".join(LATERAL_FINDINGS) + " | mean |", "|---|---|" + "---|" * (len(LATERAL_FINDINGS) + 1)]
     for arm, s in summary.items():
         if not s["epochs"]:
             continue
-        cells = [format_cell(s["metrics"][f"side/{f}"][-1], 2) if f"side/{f}" in s["metrics"] else "—" for f in LATERAL_FINDINGS]
-        cells.append(format_cell(s["metrics"]["side/auroc"][-1], 3) if "side/auroc" in s["metrics"] else "—")
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(cells) + " |")
+        i = _at(s, epoch)
+        cells = [format_cell(s["metrics"][f"side/{f}"][i], 2) if f"side/{f}" in s["metrics"] else "—" for f in LATERAL_FINDINGS]
+        cells.append(format_cell(s["metrics"]["side/auroc"][i], 3) if "side/auroc" in s["metrics"] else "—")
+        lines.append(f"| {ARM_LABELS.get(arm, arm)} | {s['steps'][i]:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -575,8 +583,11 @@ def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Ma
               f"{settings['image_size']} px, grid from {settings['image_local_layer']}, global from "
               f"{settings['image_global_layer']}, batch {settings['batch_size']}, {settings['epochs']} epochs of "
               f"{settings['demo_train']} pairs; mean ± sample std over seeds; values at the last evaluated step.\n\n")
-    atomic_write_text(header + final_table(summary) + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(summary),
-                      base + ".md")
+    text = header + final_table(summary) + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(summary)
+    for epoch in sorted({int(e) for e in settings["eval_epochs"]})[:-1]:  # the same step for every arm that reached it
+        text += (f"\n## At epoch {epoch} (arms that did not reach it: their last step)\n\n" + final_table(summary, epoch=epoch)
+                 + "\n" + per_finding_table(summary, epoch=epoch))
+    atomic_write_text(text, base + ".md")
     if plot:
         plot_curves(summary, base + ".png", f"reclf learning curves, demo {settings['eval_split']} (mean ± std over seeds)")
     return obj
