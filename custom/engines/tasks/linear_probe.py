@@ -1,0 +1,607 @@
+"""Linear probing of the pretrained image tower (DESIGN §3 "linear classification").
+
+The encoder is frozen, so every image's feature vector is computed once (batched, no
+augmentation) for the training, validation and evaluation items; a linear head is then trained on
+the cached features by an ignite :class:`HeadTrainer`, and the epoch with the best validation
+metric is kept. ``label_fraction`` draws a stratified subset of the *labelled* training items
+with a fixed seed (:func:`stratified_subset`); several ``label_seeds`` repeat the probe over
+several draws and report mean and std.
+
+Multi-label datalists (``labels`` = {name: 1 | 0 | -1}) train with BCE-with-logits where -1
+(uncertain) entries are left out of the loss; multi-class datalists (``labels`` = int with a
+top-level ``label_names``) train with cross-entropy.
+
+Feature scaling: the head is trained on features standardised with the mean/std of the *whole
+training split's* features (images only, no labels; never the validation or evaluation split);
+the standardisation is folded into the saved linear layer, so ``models/model.pt`` is a plain
+:class:`~custom.nets.classifier.ImageClassifier` (images in, logits out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from torch import nn
+
+from ...data.datasets import load_datalist
+from ...distributed import is_distributed, is_main_process, rank, world_size
+from .classify import load_classifier_weights, require_classifier
+from ..checkpoints import write_checkpoint
+from ..encode import ImageItems, read_model_meta
+from ...data import labels
+from ...metrics import classification_metrics, nan_to_none
+from ...nets.classifier import ImageClassifier
+from ...nets.factory import unwrap
+from ...data.textfiles import read_json
+from ...utils import as_bool, as_choice, as_int, as_optional_path, atomic_torch_save, atomic_write_text, autocast, seed_everything
+
+logger = logging.getLogger("reclf")
+
+# the DESIGN §5 metric keys a probe reports per run (plus auroc/<class>)
+METRIC_KEYS = ("acc", "macro_f1", "auroc_mean")
+
+
+# ---- labels ---------------------------------------------------------------------------------
+
+
+def label_info(datalist: str, items: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Class names and task type of a datalist (:func:`custom.labels.task`; the labelled ``items``,
+    or every split's).
+
+    Returns:
+        ``{"class_names": [...], "multi_label": bool}``.
+    """
+    content = read_json(datalist, "the datalist")
+    if items is None:
+        items = [it for split in ("training", "validation", "test") for it in content.get(split, [])
+                 if isinstance(it, dict)]
+    multi_label, names = labels.task(items, content.get("label_names"), datalist)
+    return {"class_names": names, "multi_label": multi_label}
+
+
+def label_targets(items: Sequence[dict[str, Any]], class_names: Sequence[str], multi_label: bool) -> np.ndarray:
+    """(N, C) 1 / 0 / -1 (multi-label) or (N,) class indices (:func:`custom.labels.targets`)."""
+    return labels.targets(items, class_names, multi_label)
+
+
+def stratified_subset(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, stratified ``fraction`` of the items.
+
+    Strata: the class (multi-class, targets (N,)) or the label combination (multi-label, targets
+    (N, C), -1 counted as a value of its own). The subset size ``round(fraction * N)`` (at least 1)
+    is allocated to strata in proportion to their sizes by the largest-remainder method (ties
+    broken at random), and each stratum contributes its first items in a seeded random order.
+    Then every class that has a positive in the full set and none in the subset gets its first
+    positive (in the same random order) added, so the subset may exceed ``round(fraction * N)``
+    by at most C items. ``fraction`` >= 1 keeps everything.
+
+    The same (targets, fraction, seed) always gives the same subset.
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0 or math.isnan(fraction):
+        raise ValueError(f"label_fraction: expected a number in (0, 1], got {fraction!r}")
+    targets = np.asarray(targets)
+    n = len(targets)
+    if fraction >= 1.0 or n == 0:
+        return np.arange(n)
+    rng = np.random.default_rng(int(seed))
+    keys = targets.reshape(n, -1)
+    _, stratum = np.unique(keys, axis=0, return_inverse=True)
+    stratum = stratum.ravel()
+    sizes = np.bincount(stratum)
+    want = max(1, int(round(fraction * n)))
+    quota = fraction * sizes
+    take = np.floor(quota).astype(np.int64)
+    leftover = want - int(take.sum())
+    by_remainder = np.lexsort((rng.random(len(sizes)), -(quota - take)))  # largest remainder first
+    take[by_remainder[:leftover]] += 1
+    priority = rng.random(n)  # a seeded random order of the items
+    order = np.lexsort((priority, stratum))  # grouped by stratum, random within
+    rank_in_stratum = np.empty(n, dtype=np.int64)
+    rank_in_stratum[order] = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    chosen = rank_in_stratum < take[stratum]
+    positives = targets == 1 if targets.ndim == 2 else targets.reshape(-1, 1) == np.arange(targets.max() + 1)
+    for k in range(positives.shape[1]):  # coverage: at least one positive per class where there is one
+        if positives[:, k].any() and not positives[chosen, k].any():
+            candidates = np.flatnonzero(positives[:, k])
+            chosen[candidates[np.argmin(priority[candidates])]] = True
+    return np.flatnonzero(chosen)
+
+
+def as_seed_list(value: Any) -> list[int]:
+    """``label_seeds`` from a config/command line: ``[0, 1, 2]``, ``3``, ``"0,1,2"`` or ``"[0,1,2]"``."""
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        value = [v for v in text.replace(",", " ").split()]
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = [value]
+    try:
+        seeds = [int(v) for v in value]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"label_seeds: expected a list of ints such as [0,1,2], got {value!r}") from err
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"label_seeds: expected distinct ints, got {value!r}")
+    return seeds
+
+
+# ---- loss, scores ---------------------------------------------------------------------------
+
+
+def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the *known* entries: (B, C) logits, (B, C) targets 1 / 0 / -1.
+
+    Uncertain (-1) entries contribute neither loss nor gradient; a batch without a known entry
+    gives 0.
+    """
+    known = targets >= 0
+    loss = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype), reduction="none")
+    return (loss * known).sum() / known.sum().clamp(min=1)
+
+
+def probe_loss(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Masked BCE (multi-label, targets (B, C)) or cross-entropy (multi-class, targets (B,))."""
+    if multi_label:
+        return masked_bce_with_logits(logits, targets)
+    return F.cross_entropy(logits, targets)
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """(N, C) logits → sigmoid (multi-label; decisions at 0.5) or softmax (multi-class) scores."""
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+
+
+# ---- features -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def extract_features(
+    network: nn.Module, items: Sequence[dict[str, Any]], image_size: int, device: str | torch.device,
+    batch_size: int = 64, amp: bool = False, num_workers: int = 0, bad_images: str = "error",
+    cache_dir: str | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Frozen-encoder features of ``items``, computed once, in item order.
+
+    Under ``torch.distributed`` each process decodes and encodes the shard a ``DistributedSampler``
+    gives it, and the shards are all-gathered, so every process returns the full result.
+
+    Args:
+        network: an :class:`ImageClassifier` (its ``features``: (B, 1, H, W) → (B, F)).
+        items: datalist items with ``image``.
+
+    Returns:
+        features (N', F) float32 on the CPU and the positions (N',) in ``items`` they belong to
+        (N' < N only when ``bad_images="skip"`` dropped unreadable images).
+    """
+    net = unwrap(network).eval()
+    device = torch.device(device)
+    dim = net.head.in_features
+    n = len(items)
+    if n == 0:
+        return torch.zeros(0, dim), np.zeros(0, dtype=np.int64)
+    if is_distributed():
+        # pads with repeats so that every shard has the same length; repeats are written twice
+        mine = list(torch.utils.data.DistributedSampler(range(n), num_replicas=world_size(), rank=rank(),
+                                                        shuffle=False))
+        logger.info("process %d of %d encodes %d of %d images", rank(), world_size(), len(mine), n)
+    else:
+        mine = list(range(n))
+    dataset = ImageItems([dict(items[i], _position=i) for i in mine], image_size, bad_images=bad_images,
+                         cache_dir=as_optional_path(cache_dir))
+    positions = torch.tensor([it["_position"] for it in dataset.items], dtype=torch.int64)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
+                                         num_workers=int(num_workers))
+    parts = [torch.zeros(0, dim)]
+    for batch in loader:
+        with autocast(device, amp):
+            parts.append(net.features(batch["image"].to(device)).float().cpu())
+    features = torch.cat(parts)
+    if is_distributed():
+        features, positions = _all_gather_rows(features, positions, device)
+    out = torch.zeros(n, dim)
+    present = torch.zeros(n, dtype=torch.bool)
+    out[positions] = features
+    present[positions] = True
+    kept = torch.nonzero(present).flatten()
+    return out[kept], kept.numpy()
+
+
+def _all_gather_rows(rows: torch.Tensor, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-gather (m_r, F) rows and their (m_r,) indices of unequal length m_r across processes."""
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    count = torch.tensor([rows.shape[0]], device=comm)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    longest = max(sizes)
+    padded = F.pad(rows, (0, 0, 0, longest - rows.shape[0])).to(comm)
+    padded_index = F.pad(index, (0, longest - index.shape[0])).to(comm)
+    all_rows = [torch.empty_like(padded) for _ in sizes]
+    all_index = [torch.empty_like(padded_index) for _ in sizes]
+    dist.all_gather(all_rows, padded)
+    dist.all_gather(all_index, padded_index)
+    rows = torch.cat([r[:m].cpu() for r, m in zip(all_rows, sizes)])
+    index = torch.cat([i[:m].cpu() for i, m in zip(all_index, sizes)])
+    return rows, index
+
+
+# ---- the head's ignite workflow ---------------------------------------------------------------
+
+
+class FeatureBatches:
+    """Index mini-batches (a re-iterable ignite data source) over N cached feature rows,
+    reshuffled every epoch by a private seeded generator (never the global RNG)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n = int(n)
+        self.batch_size = max(1, int(batch_size))
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(torch.randperm(self.n, generator=self.generator).split(self.batch_size))
+
+
+class HeadTrainer(Engine):
+    """Ignite engine: one iteration = a mini-batch of cached features → linear head → loss → step.
+
+    Args:
+        head: ``nn.Linear(F, C)``. features: (N, F) training features (standardised).
+        targets: (N,) class indices or (N, C) 1 / 0 / -1. multi_label: the loss (:func:`probe_loss`).
+        max_epochs, batch_size, lr, weight_decay: AdamW on the head.
+        seed: the mini-batch order. handlers: objects with ``attach(engine)`` (MONAI / ignite).
+
+    ``engine.state.output`` is ``{"loss": float}``; handlers read ``engine.head``.
+    """
+
+    def __init__(
+        self, head: nn.Linear, features: torch.Tensor, targets: torch.Tensor, multi_label: bool, max_epochs: int,
+        batch_size: int, lr: float, weight_decay: float = 0.0, seed: int = 0, handlers: Sequence[Any] = (),
+    ) -> None:
+        super().__init__(self._iteration)
+        self.head = head
+        self.features = features
+        self.targets = targets
+        self.multi_label = bool(multi_label)
+        self.max_epochs = int(max_epochs)
+        self.batches = FeatureBatches(len(features), batch_size, seed)
+        self.optimizer = torch.optim.AdamW(head.parameters(), lr=float(lr), weight_decay=float(weight_decay))
+        for handler in handlers or ():
+            handler.attach(self)
+
+    def _iteration(self, engine: Engine, index: torch.Tensor) -> dict[str, float]:
+        self.head.train()
+        index = index.to(self.features.device)
+        loss = probe_loss(self.head(self.features[index]), self.targets[index], self.multi_label)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def run(self) -> Any:  # type: ignore[override]
+        with _few_threads(self.features.device):
+            return super().run(self.batches, max_epochs=self.max_epochs)
+
+
+@contextlib.contextmanager
+def _few_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the head's tiny CPU ops: (B, F) @ (F, C) is far too small to split,
+    and thread synchronisation made 100 epochs ~20x slower on a busy 2-core machine (measured)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class BestValidationHead:
+    """Ignite handler: after every epoch, the head's validation metrics (``val_<key>`` in
+    ``engine.state.metrics``); the head of the best epoch is restored when training completes.
+
+    Model selection uses ``key_metric`` (``auto``: ``auroc_mean`` multi-label, ``acc``
+    multi-class), ties broken by ``auroc_mean``, the earlier epoch kept on a full tie. Without
+    validation items the last epoch is kept.
+
+    Args:
+        features: (V, F) validation features (standardised like the training ones).
+        targets: (V,) or (V, C) numpy targets. class_names, multi_label: as in the datalist.
+    """
+
+    def __init__(self, features: torch.Tensor, targets: np.ndarray, class_names: Sequence[str], multi_label: bool,
+                 key_metric: str = "auto") -> None:
+        self.features = features
+        self.targets = targets
+        self.class_names = list(class_names)
+        self.multi_label = bool(multi_label)
+        key = as_choice(key_metric, ("auto", "auroc_mean", "acc", "macro_f1"), "key_metric")
+        self.key_metric = ("auroc_mean" if self.multi_label else "acc") if key == "auto" else key
+        self.best_score: tuple[float, float] | None = None
+        self.best_epoch = 0
+        self.best_metrics: dict[str, float] = {}
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.validate)
+        engine.add_event_handler(Events.COMPLETED, self.restore)
+
+    @torch.no_grad()
+    def validate(self, engine: Engine) -> None:
+        if len(self.features) == 0:
+            self.best_epoch = engine.state.epoch
+            return
+        head = engine.head.eval()
+        scores = probabilities(head(self.features), self.multi_label).cpu().numpy()
+        metrics = classification_metrics(scores, self.targets, self.class_names, self.multi_label)
+        engine.state.metrics.update({f"val_{k}": v for k, v in metrics.items() if k in METRIC_KEYS})
+
+        def finite(v: float) -> float:
+            return v if np.isfinite(v) else -math.inf
+
+        score = (finite(metrics[self.key_metric]), finite(metrics["auroc_mean"]))
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch, self.best_metrics = score, engine.state.epoch, metrics
+            self.best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+
+    def restore(self, engine: Engine) -> None:
+        if self.best_state is not None:
+            engine.head.load_state_dict(self.best_state)
+        engine.state.best_epoch = self.best_epoch
+
+
+def fold_standardisation(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of the linear layer on *raw* features equal to ``head`` on standardised ones:
+    ``W((x - μ)/σ) + b = (W/σ) x + (b - (W/σ) μ)``. Returns weight (C, F) and bias (C,)."""
+    weight = head.weight.detach() / std
+    return weight, head.bias.detach() - weight @ mean
+
+
+# ---- the bundle's workflows -----------------------------------------------------------------
+
+
+class LinearProbe:
+    """``train.yaml``: features once, then one probe per label seed; saves the first seed's
+    classifier (``model.pt`` + ``model.json``) and every seed's evaluation metrics with mean/std.
+
+    Args:
+        network: the frozen :class:`ImageClassifier` (pretrained or random init); its head is
+            replaced by the trained probe (folded standardisation) before saving.
+        train_items, val_items, eval_items: labelled datalist items (from :func:`load_datalist`).
+        class_names, multi_label: from :func:`label_info`.
+        save_path: ``models/model.pt``; ``model.json`` is written beside it.
+        output: the per-seed / mean / std metrics JSON (``eval/linear_probe.json``).
+        pretrained_ckpt: the checkpoint the encoder came from (None = random init), recorded.
+        label_fraction: share of the labelled training items used (:func:`stratified_subset`).
+        label_seeds: one probe per seed (the subset draw and the mini-batch order).
+        eval_split: recorded with the evaluation metrics. seed: the run seed.
+        handlers: extra ignite/MONAI handlers attached to every seed's :class:`HeadTrainer`.
+    """
+
+    def __init__(
+        self, network: nn.Module, train_items: list[dict[str, Any]], val_items: list[dict[str, Any]],
+        eval_items: list[dict[str, Any]], class_names: Sequence[str], multi_label: bool, save_path: str,
+        output: str, pretrained_ckpt: str | None = None, label_fraction: float = 1.0, label_seeds: Any = (0,),
+        eval_split: str = "test", epochs: int = 100, batch_size: int = 64, lr: float = 1e-3,
+        weight_decay: float = 1e-4, image_size: int = 64, device: str | torch.device = "cpu", amp: Any = False,
+        seed: int = 0, num_workers: int = 0, encode_batch_size: int = 64, bad_images: str = "error",
+        cache_dir: str | None = None, key_metric: str = "auto", handlers: Sequence[Any] = (),
+    ) -> None:
+        self.network = network
+        self.items = {"training": list(train_items), "validation": list(val_items), "eval": list(eval_items)}
+        self.class_names = list(class_names)
+        self.multi_label = as_bool(multi_label, "multi_label")
+        self.save_path = save_path
+        self.output = output
+        self.pretrained_ckpt = as_optional_path(pretrained_ckpt)
+        self.label_fraction = float(label_fraction)
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"label_fraction: expected a number in (0, 1] such as 0.01, 0.1, 1.0, got {label_fraction!r}")
+        self.label_seeds = as_seed_list(label_seeds)
+        self.eval_split = str(eval_split)
+        self.epochs, self.batch_size = as_int(epochs, "epochs", 1), as_int(batch_size, "batch_size", 1)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.image_size = int(image_size)
+        self.device = torch.device(device)
+        self.amp = as_bool(amp, "amp")
+        self.seed = int(seed)
+        self.encode = dict(batch_size=int(encode_batch_size), amp=self.amp, num_workers=int(num_workers),
+                           bad_images=bad_images, cache_dir=cache_dir)
+        self.key_metric = key_metric
+        self.handlers = list(handlers or ())
+        if not self.items["training"]:
+            raise ValueError("linear probe: the training split has no labelled items")
+
+    def _features(self) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+        """(features (N, F), targets) per split; every distinct image is encoded once, also when
+        the evaluation split overlaps the others (``eval_split: validation | all``)."""
+        position: dict[str, int] = {}
+        for items in self.items.values():
+            for it in items:
+                position.setdefault(it["image"], len(position))
+        unique = [{"image": path} for path in position]
+        if is_distributed():
+            # every process must encode with the same weights (a random-init encoder included)
+            for tensor in unwrap(self.network).state_dict().values():
+                dist.broadcast(tensor, src=0)
+        features, kept = extract_features(self.network, unique, self.image_size, self.device, **self.encode)
+        row_of = {unique[k]["image"]: r for r, k in enumerate(kept.tolist())}
+        logger.info("linear probe: %d image features of dimension %d", len(features), features.shape[1])
+        out = {}
+        for split, items in self.items.items():
+            present = [it for it in items if it["image"] in row_of]  # all, unless bad_images=skip dropped some
+            rows = torch.tensor([row_of[it["image"]] for it in present], dtype=torch.int64)
+            out[split] = (features[rows], label_targets(present, self.class_names, self.multi_label))
+        return out
+
+    def run(self) -> dict[str, Any]:
+        seed_everything(self.seed)
+        features = self._features()  # once, for every seed
+        if not is_main_process():  # the head is trained and saved by process 0 only
+            return {}
+        train_x, train_y = features["training"]
+        # standardisation from the whole training split's images (no labels, never val/eval)
+        mean, std = train_x.mean(0), train_x.std(0, unbiased=False).clamp_min(1e-6)
+
+        def standardised(x: torch.Tensor) -> torch.Tensor:
+            return ((x - mean) / std).to(self.device)
+
+        val_x, val_y = standardised(features["validation"][0]), features["validation"][1]
+        eval_x, eval_y = features["eval"][0].to(self.device), features["eval"][1]
+        net = unwrap(self.network)
+        per_seed: list[dict[str, Any]] = []
+        for k, label_seed in enumerate(self.label_seeds):
+            subset = stratified_subset(train_y, self.label_fraction, label_seed)
+            head = nn.Linear(train_x.shape[1], len(self.class_names)).to(self.device)
+            nn.init.zeros_(head.weight)  # logistic regression's start: deterministic, no weight on dead channels
+            nn.init.zeros_(head.bias)
+            selection = BestValidationHead(val_x, val_y, self.class_names, self.multi_label, self.key_metric)
+            trainer = HeadTrainer(
+                head, standardised(train_x[subset]), torch.as_tensor(train_y[subset], device=self.device),
+                self.multi_label, self.epochs, self.batch_size, self.lr, self.weight_decay,
+                seed=self.seed * 1_000_003 + label_seed, handlers=[selection, *self.handlers],
+            )
+            trainer.run()
+            weight, bias = fold_standardisation(head, mean.to(self.device), std.to(self.device))
+            with torch.no_grad():
+                scores = probabilities(eval_x @ weight.t() + bias, self.multi_label).cpu().numpy()
+            metrics = classification_metrics(scores, eval_y, self.class_names, self.multi_label)
+            record = {**metrics, "label_seed": label_seed, "n_train": int(len(subset)),
+                      "best_epoch": int(selection.best_epoch),
+                      f"val_{selection.key_metric}": selection.best_metrics.get(selection.key_metric)}
+            per_seed.append(record)
+            logger.info("linear probe seed %d (%d of %d training items, best epoch %d): %s", label_seed, len(subset),
+                        len(train_y), selection.best_epoch,
+                        ", ".join(f"{m} {metrics[m]:.3f}" for m in METRIC_KEYS))
+            if k == 0:
+                with torch.no_grad():
+                    net.head.weight.copy_(weight)
+                    net.head.bias.copy_(bias)
+                self._save(record, len(train_y), selection.key_metric)
+        summary = self._summary(per_seed)
+        atomic_write_text(json.dumps(summary, indent=2), self.output)
+        logger.info("wrote %s", self.output)
+        print(json.dumps({k: v for k, v in summary.items() if not k.startswith("seed")}, indent=2))
+        return summary
+
+    def _save(self, record: dict[str, Any], n_available: int, key_metric: str) -> None:
+        net = unwrap(self.network)
+        meta = {
+            "task": "linear_probe",
+            "class_names": self.class_names,
+            "num_classes": len(self.class_names),
+            "multi_label": self.multi_label,
+            "image_encoder": net.encoder_name,
+            "image_size": self.image_size,
+            "label_fraction": self.label_fraction,
+            "label_seed": record["label_seed"],
+            "label_seeds": self.label_seeds,
+            "pretrained_ckpt": os.path.abspath(self.pretrained_ckpt) if self.pretrained_ckpt else None,
+            "n_train": record["n_train"],
+            "n_train_available": int(n_available),
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "best_epoch": record["best_epoch"],
+            "selection_metric": f"val_{key_metric}",
+            f"val_{key_metric}": record[f"val_{key_metric}"],
+            "note": "model.pt = ImageClassifier state dict (frozen encoder + linear head, the training-split "
+                    "feature standardisation folded into the head); with several label seeds, the first seed's",
+        }
+        write_checkpoint(self.save_path, net.state_dict(), nan_to_none(meta), "linear_probe")
+        logger.info("saved %s (+ model.json)", self.save_path)
+
+    def _summary(self, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+        """Flat JSON: the mean over seeds under the DESIGN keys, ``std/<key>`` (sample std; null
+        for one seed), and ``seed<k>/<key>`` per seed."""
+        keys = [*METRIC_KEYS, *(f"auroc/{c}" for c in self.class_names)]
+        out: dict[str, Any] = {}
+        for key in keys:
+            values = np.array([r[key] for r in per_seed], dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            out[key] = float(finite.mean()) if len(finite) else float("nan")
+            out[f"std/{key}"] = float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
+        out["n_samples"] = per_seed[0]["n_samples"]
+        out["n_train"] = float(np.mean([r["n_train"] for r in per_seed]))
+        out.update(eval_split=self.eval_split, checkpoint=os.path.abspath(self.save_path),
+                   checkpoint_label_seed=self.label_seeds[0], label_fraction=self.label_fraction,
+                   label_seeds=self.label_seeds,
+                   pretrained_ckpt=os.path.abspath(self.pretrained_ckpt) if self.pretrained_ckpt else None)
+        for record in per_seed:
+            prefix = f"seed{record['label_seed']}/"
+            out.update({prefix + k: v for k, v in record.items() if k in keys or k in ("n_train", "best_epoch")
+                        or k.startswith("val_")})
+        return nan_to_none(out)
+
+
+class ProbeEvaluator:
+    """``evaluate.yaml``: a linear-probe ``model.pt`` (+ its ``model.json``) on ``eval_split``,
+    written to ``output`` as flat JSON: ``acc``, ``macro_f1``, ``auroc_mean``, ``auroc/<class>``,
+    ``n_samples``, ``eval_split``, ``checkpoint`` and the probe's ``label_fraction``,
+    ``label_seed(s)``, ``n_train``, ``pretrained_ckpt`` (from ``model.json``)."""
+
+    def __init__(self, ckpt: str, datalist: str, dataset_dir: str, output: str, eval_split: str = "test",
+                 image_size: int = 64, batch_size: int = 64, num_workers: int = 0, device: str = "cpu",
+                 amp: Any = False, bad_images: str = "error") -> None:
+        self.ckpt = ckpt
+        self.datalist, self.dataset_dir = datalist, dataset_dir
+        self.output = output
+        self.eval_split = str(eval_split)
+        self.image_size, self.batch_size, self.num_workers = int(image_size), int(batch_size), int(num_workers)
+        self.device = torch.device(device)
+        self.amp = as_bool(amp, "amp")
+        self.bad_images = bad_images
+
+    def load(self) -> tuple[ImageClassifier, dict[str, Any]]:
+        """The classifier (strict load) and its ``model.json``."""
+        ckpt = require_classifier(self.ckpt)
+        meta = read_model_meta(ckpt, self.image_size, "linear_probe")
+        net = ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"])
+        load_classifier_weights(net, ckpt)
+        return net.to(self.device).eval(), meta
+
+    @torch.no_grad()
+    def run(self) -> dict[str, Any]:
+        net, meta = self.load()
+        names, multi_label = meta["class_names"], bool(meta["multi_label"])
+        items = load_datalist(self.datalist, self.dataset_dir, self.eval_split, require=["image", "labels"],
+                              missing="skip")
+        if not items:
+            raise ValueError(f"datalist {self.datalist!r} has no labelled items in split {self.eval_split!r}")
+        if not multi_label:
+            listed = label_info(self.datalist, items)["class_names"]
+            if listed != names:
+                raise ValueError(f"datalist label_names {listed} differ from the probe's classes {names}")
+        dataset = ImageItems(items, self.image_size, bad_images=self.bad_images)
+        targets = label_targets(dataset.items, names, multi_label)
+        if multi_label and (targets == -1).all():
+            raise ValueError(f"the {self.eval_split!r} items of {self.datalist!r} label none of the probe's classes {names}")
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                                             num_workers=self.num_workers)
+        logits = []
+        for batch in loader:
+            with autocast(self.device, self.amp):
+                logits.append(net(batch["image"].to(self.device)).float().cpu())
+        scores = probabilities(torch.cat(logits), multi_label).numpy()
+        metrics: dict[str, Any] = classification_metrics(scores, targets, names, multi_label)
+        metrics.update(eval_split=self.eval_split, checkpoint=os.path.abspath(self.ckpt),
+                       **{k: meta.get(k) for k in ("label_fraction", "label_seed", "label_seeds", "n_train",
+                                                  "pretrained_ckpt", "image_encoder")})
+        metrics = nan_to_none(metrics)
+        atomic_write_text(json.dumps(metrics, indent=2), self.output)
+        logger.info("wrote %s: %s", self.output, json.dumps(metrics))
+        print(json.dumps(metrics, indent=2))
+        return metrics
