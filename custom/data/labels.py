@@ -14,6 +14,7 @@ floats (1.0, 0.0, -1.0: what CSV-derived labels often are) to the integers they 
 from __future__ import annotations
 
 import difflib
+import math
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -189,3 +190,56 @@ def single_class(items: Sequence[Mapping[str, Any]], names: Sequence[str]) -> np
         else:
             out[row] = class_index(labels, names, f"{where(it)}: labels")
     return out
+
+
+def stratified_subset(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, stratified ``fraction`` of the items.
+
+    Strata: the class (multi-class, targets (N,)) or the label combination (multi-label, targets
+    (N, C), -1 counted as a value of its own). The subset size ``round(fraction * N)`` (at least 1)
+    is allocated to strata in proportion to their sizes by the largest-remainder method (ties
+    broken at random), and each stratum contributes its first items in a seeded random order.
+    Then every class that has a positive in the full set and none in the subset gets its first
+    positive (in the same random order) added, so the subset may exceed ``round(fraction * N)``
+    by at most C items. ``fraction`` >= 1 keeps everything.
+
+    The same (targets, fraction, seed) always gives the same subset.
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0 or math.isnan(fraction):
+        raise ValueError(f"label_fraction: expected a number in (0, 1], got {fraction!r}")
+    targets = np.asarray(targets)
+    n = len(targets)
+    if fraction >= 1.0 or n == 0:
+        return np.arange(n)
+    rng = np.random.default_rng(int(seed))
+    keys = targets.reshape(n, -1)
+    _, stratum = np.unique(keys, axis=0, return_inverse=True)
+    stratum = stratum.ravel()
+    sizes = np.bincount(stratum)
+    want = max(1, int(round(fraction * n)))
+    quota = fraction * sizes
+    take = np.floor(quota).astype(np.int64)
+    leftover = want - int(take.sum())
+    by_remainder = np.lexsort((rng.random(len(sizes)), -(quota - take)))  # largest remainder first
+    take[by_remainder[:leftover]] += 1
+    priority = rng.random(n)  # a seeded random order of the items
+    order = np.lexsort((priority, stratum))  # grouped by stratum, random within
+    rank_in_stratum = np.empty(n, dtype=np.int64)
+    rank_in_stratum[order] = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    chosen = rank_in_stratum < take[stratum]
+    positives = targets == 1 if targets.ndim == 2 else targets.reshape(-1, 1) == np.arange(targets.max() + 1)
+    for k in range(positives.shape[1]):  # coverage: at least one positive per class where there is one
+        if positives[:, k].any() and not positives[chosen, k].any():
+            candidates = np.flatnonzero(positives[:, k])
+            chosen[candidates[np.argmin(priority[candidates])]] = True
+    return np.flatnonzero(chosen)
+
+
+def read_label_names(datalist: str) -> list[str] | None:
+    """The datalist's top-level ``label_names`` (None when absent)."""
+    from .textfiles import read_json
+
+    content = read_json(datalist, "the datalist")
+    names = content.get("label_names") if isinstance(content, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else None

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..utils import atomic_write_text
+from ..utils import as_optional_path, atomic_write_text
 
 FORMAT = "reclf-checkpoint/2"
 LEGACY_KINDS = {"reclf-pretrain/1": "pretrain", "reclf-seg/1": "segmentation"}  # before FORMAT (no hashes)
@@ -207,3 +207,93 @@ def load_state(ckpt: str) -> dict[str, torch.Tensor]:
         found = type(state).__name__ if not isinstance(state, dict) else f"a dict with keys {sorted(map(str, state))[:5]}"
         raise CheckpointError(f"{ckpt!r} is not a checkpoint: expected a state dict of tensors, found {found}")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+# ---- finding and loading a bundle's checkpoints ------------------------------------------
+
+
+PRETRAIN_FIRST = "run reclf_pretrain/configs/train.yaml first (or pass --pretrained_ckpt PATH/model.pt)"
+
+
+def require_checkpoint(ckpt: Any, what: str, how: str) -> str:
+    """The checkpoint path, or a clear error naming ``what`` is missing and ``how`` to make it."""
+    path = as_optional_path(ckpt)
+    if path is None:
+        raise FileNotFoundError(f"no {what} given: {how}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} not found: {how}")
+    return path
+
+
+def require_pretrained(ckpt: Any) -> str:
+    """The checkpoint path, or a clear error when zero-shot / retrieval have nothing to evaluate."""
+    return require_checkpoint(ckpt, "pretrained checkpoint", PRETRAIN_FIRST)
+
+
+def load_weights_strict(network: torch.nn.Module, ckpt: str, hint: str = "") -> None:
+    """Load a plain state dict file (a downstream bundle's ``model.pt``; a DDP ``module.`` prefix is
+    dropped) strictly into ``network`` (its DDP wrapper, if any, is looked through); a mismatch
+    names the file and ``hint`` (where the network's shape comes from)."""
+    from ..nets.factory import unwrap  # lazily: the checkpoint format itself needs no networks
+
+    state = load_state(ckpt)
+    try:
+        unwrap(network).load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{ckpt!r} does not match network_def{f' ({hint})' if hint else ''}: {err}") from err
+
+
+def read_model_meta(ckpt: str, image_size: int, kind: str) -> dict[str, Any]:
+    """The verified ``model.json`` of a downstream ``model.pt`` (:func:`custom.checkpoints.read_meta`,
+    ``kind`` = ``linear_probe`` | ``segmentation``); refuses an ``image_size`` other than the
+    training one."""
+    meta = read_meta(ckpt, kind)
+    if int(meta["image_size"]) != int(image_size):
+        raise ValueError(f"image_size {image_size} differs from the {kind} checkpoint's training image_size "
+                         f"{meta['image_size']} ({meta_path(ckpt)}): pass --image_size {meta['image_size']}")
+    return meta
+
+
+def optional_pretrained(ckpt: Any) -> str | None:
+    """The checkpoint path if it exists; else None with a warning (linear probe / segmentation then
+    start from random init: the baseline)."""
+    path = as_optional_path(ckpt)
+    if path is not None and os.path.isfile(path):
+        return path
+    logger.warning("pretrained checkpoint %r not found: starting from random init (%s)", path, PRETRAIN_FIRST)
+    return None
+
+
+TRAIN_FIRST = "run bundles/reclf_cls/configs/train.yaml first (or pass --ckpt PATH/model.pt)"
+
+
+def classifier_meta(ckpt: Any, key: str, default: Any = None) -> Any:
+    """``key`` of the JSON beside a classifier checkpoint (``model.pt`` → ``model.json``), or ``default``.
+
+    The linear probe writes ``model.json`` (class_names, multi_label, image_encoder, image_size)
+    next to its weights, so inference rebuilds the network the weights belong to. Before any
+    training there is no such file: the configs then fall back to the demo's label set.
+    """
+    path = as_optional_path(ckpt)
+    if path is None:
+        return default
+    meta_path = os.path.splitext(os.path.abspath(path))[0] + ".json"
+    if not os.path.isfile(meta_path):
+        return default
+    with open(meta_path, encoding="utf-8") as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path!r} is not valid JSON: {err}") from err
+    return meta.get(key, default) if isinstance(meta, dict) else default
+
+
+def require_classifier(ckpt: Any) -> str:
+    """The classifier checkpoint path, or a clear error naming the command that makes it."""
+    return require_checkpoint(ckpt, "classifier checkpoint", TRAIN_FIRST)
+
+
+def load_classifier_weights(network: torch.nn.Module, ckpt: str) -> None:
+    """Load a classifier ``model.pt`` (a plain state dict) strictly into ``network``."""
+    load_weights_strict(network, ckpt, "class_names / image_encoder come from the model.json beside it; check "
+                        "--class_names / --image_encoder overrides")

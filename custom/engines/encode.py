@@ -1,11 +1,13 @@
-"""What the downstream bundles share: finding and loading checkpoints (the pretraining one, their
-own ``model.pt`` + ``model.json``), and encoding image items and free texts (prompts, reports) with a pretrained model, in batches, once."""
+"""The one embedding loop: image items, free texts (prompts, reports) and datalist pairs encoded
+with a pretrained model, in batches, once (zero-shot, retrieval, linear probe, pretraining
+validation and evaluation all encode through here).
+
+Finding and loading checkpoints moved to :mod:`custom.engines.checkpoints`; their old names
+(``custom.downstream.optional_pretrained`` ...) are re-exported here for configs."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,62 +17,14 @@ import torch
 from ..data.datasets import decode_images, image_transform
 from ..nets.factory import unwrap
 from ..data.text import encode_reports
-from ..utils import as_optional_path, autocast
+from ..utils import autocast
+from ..metrics import retrieval_recall
+from .checkpoints import (  # noqa: F401 (custom.downstream.*: the old names, used by configs)
+    PRETRAIN_FIRST, load_weights_strict, optional_pretrained, read_model_meta, require_checkpoint, require_pretrained,
+)
 
 logger = logging.getLogger("reclf")
 
-PRETRAIN_FIRST = "run reclf_pretrain/configs/train.yaml first (or pass --pretrained_ckpt PATH/model.pt)"
-
-
-def require_checkpoint(ckpt: Any, what: str, how: str) -> str:
-    """The checkpoint path, or a clear error naming ``what`` is missing and ``how`` to make it."""
-    path = as_optional_path(ckpt)
-    if path is None:
-        raise FileNotFoundError(f"no {what} given: {how}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path!r} not found: {how}")
-    return path
-
-
-def require_pretrained(ckpt: Any) -> str:
-    """The checkpoint path, or a clear error when zero-shot / retrieval have nothing to evaluate."""
-    return require_checkpoint(ckpt, "pretrained checkpoint", PRETRAIN_FIRST)
-
-
-def load_weights_strict(network: torch.nn.Module, ckpt: str, hint: str = "") -> None:
-    """Load a plain state dict file (a downstream bundle's ``model.pt``; a DDP ``module.`` prefix is
-    dropped) strictly into ``network`` (its DDP wrapper, if any, is looked through); a mismatch
-    names the file and ``hint`` (where the network's shape comes from)."""
-    from .checkpoints import load_state
-
-    state = load_state(ckpt)
-    try:
-        unwrap(network).load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{ckpt!r} does not match network_def{f' ({hint})' if hint else ''}: {err}") from err
-
-
-def read_model_meta(ckpt: str, image_size: int, kind: str) -> dict[str, Any]:
-    """The verified ``model.json`` of a downstream ``model.pt`` (:func:`custom.checkpoints.read_meta`,
-    ``kind`` = ``linear_probe`` | ``segmentation``); refuses an ``image_size`` other than the
-    training one."""
-    from .checkpoints import meta_path, read_meta
-
-    meta = read_meta(ckpt, kind)
-    if int(meta["image_size"]) != int(image_size):
-        raise ValueError(f"image_size {image_size} differs from the {kind} checkpoint's training image_size "
-                         f"{meta['image_size']} ({meta_path(ckpt)}): pass --image_size {meta['image_size']}")
-    return meta
-
-
-def optional_pretrained(ckpt: Any) -> str | None:
-    """The checkpoint path if it exists; else None with a warning (linear probe / segmentation then
-    start from random init: the baseline)."""
-    path = as_optional_path(ckpt)
-    if path is not None and os.path.isfile(path):
-        return path
-    logger.warning("pretrained checkpoint %r not found: starting from random init (%s)", path, PRETRAIN_FIRST)
-    return None
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -141,3 +95,36 @@ def encode_texts(
         result["words"] = torch.cat([torch.nn.functional.pad(w, (0, 0, 0, width - w.shape[1])) for w in words])
         result["word_mask"] = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])
     return result
+
+
+# ---- paired embeddings (pretraining evaluation and validation) ----------------------------
+
+
+@torch.no_grad()
+def embed(
+    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: str | torch.device, amp: bool = False,
+    images: bool = True, reports: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Global image and report embeddings (N, D_g) of every item of ``loader``, in order."""
+    net = unwrap(model).eval()
+    device = torch.device(device)
+    parts: dict[str, list[torch.Tensor]] = {"image": [], "report": [], "report_id": [], "index": []}
+    for batch in loader:
+        with autocast(device, amp):
+            if images:
+                parts["image"].append(net.encode_image(batch["image"].to(device), local=False)["global"].float().cpu())
+            if reports:
+                text = net.encode_text(
+                    batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["word_ids"].to(device),
+                    local=False,
+                )
+                parts["report"].append(text["global"].float().cpu())
+        parts["report_id"].append(batch["report_id"])
+        parts["index"].append(batch["index"])
+    return {k: torch.cat(v) for k, v in parts.items() if v}
+
+
+def retrieval_metrics(model, loader, device, amp: bool = False) -> dict[str, float]:
+    """Recall@1/5/10 both ways on the global cosine similarity."""
+    emb = embed(model, loader, device, amp)
+    return retrieval_recall(emb["image"] @ emb["report"].t(), emb["report_id"])

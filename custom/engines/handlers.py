@@ -7,7 +7,7 @@ import logging
 from ignite.engine import Engine, Events
 
 from ..distributed import is_main_process
-from .tasks.evaluation import retrieval_metrics
+from .encode import retrieval_metrics
 from ..utils import as_amp
 
 logger = logging.getLogger("reclf")

@@ -7,11 +7,15 @@ write the rest and list the skipped files (with the reason) in their output JSON
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from ..utils import as_optional_path
 
 logger = logging.getLogger("reclf")
 
@@ -65,3 +69,30 @@ def report_skipped(skipped: list[dict[str, Any]], done: int, what: str) -> None:
     if done == 0:
         raise ValueError(f"{what}: none of the {len(skipped)} input file(s) could be read, e.g. "
                          f"{skipped[0]['image']}: {skipped[0]['error']}")
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
+
+
+def expand_input_files(input_files: Any) -> list[str]:
+    """A list of image paths from a path, a folder (its radiograph files, sorted) or a list of them.
+
+    fire hands ``--input_files "['a.png','b.dcm']"`` over as a list and ``--input_files a.png`` as a
+    string. Missing paths are an error naming them all.
+    """
+    if input_files is None or (isinstance(input_files, str) and as_optional_path(input_files) is None):
+        return []
+    entries = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
+    paths: list[str] = []
+    for entry in map(str, entries):
+        if os.path.isdir(entry):
+            found = sorted(p for p in glob.glob(os.path.join(entry, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"input folder {entry!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        else:
+            paths.append(entry)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} input file(s) not found: {missing[:5]}")
+    return paths

@@ -12,7 +12,6 @@ softmax over classes (``predicted`` = the arg-max class).
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -21,69 +20,14 @@ from typing import Any
 
 import torch
 
-from ..encode import load_weights_strict, require_checkpoint
 from ...utils import as_bool, as_optional_path, atomic_write_text, autocast
+from ..checkpoints import (  # noqa: F401 (custom.classify.*: the old names, used by configs)
+    TRAIN_FIRST, classifier_meta, load_classifier_weights, require_classifier,
+)
+from ..inference import IMAGE_EXTENSIONS, expand_input_files  # noqa: F401 (old names)
 
 logger = logging.getLogger("reclf")
 
-TRAIN_FIRST = "run bundles/reclf_cls/configs/train.yaml first (or pass --ckpt PATH/model.pt)"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
-
-
-def classifier_meta(ckpt: Any, key: str, default: Any = None) -> Any:
-    """``key`` of the JSON beside a classifier checkpoint (``model.pt`` → ``model.json``), or ``default``.
-
-    The linear probe writes ``model.json`` (class_names, multi_label, image_encoder, image_size)
-    next to its weights, so inference rebuilds the network the weights belong to. Before any
-    training there is no such file: the configs then fall back to the demo's label set.
-    """
-    path = as_optional_path(ckpt)
-    if path is None:
-        return default
-    meta_path = os.path.splitext(os.path.abspath(path))[0] + ".json"
-    if not os.path.isfile(meta_path):
-        return default
-    with open(meta_path, encoding="utf-8") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path!r} is not valid JSON: {err}") from err
-    return meta.get(key, default) if isinstance(meta, dict) else default
-
-
-def require_classifier(ckpt: Any) -> str:
-    """The classifier checkpoint path, or a clear error naming the command that makes it."""
-    return require_checkpoint(ckpt, "classifier checkpoint", TRAIN_FIRST)
-
-
-def load_classifier_weights(network: torch.nn.Module, ckpt: str) -> None:
-    """Load a classifier ``model.pt`` (a plain state dict) strictly into ``network``."""
-    load_weights_strict(network, ckpt, "class_names / image_encoder come from the model.json beside it; check "
-                        "--class_names / --image_encoder overrides")
-
-
-def expand_input_files(input_files: Any) -> list[str]:
-    """A list of image paths from a path, a folder (its radiograph files, sorted) or a list of them.
-
-    fire hands ``--input_files "['a.png','b.dcm']"`` over as a list and ``--input_files a.png`` as a
-    string. Missing paths are an error naming them all.
-    """
-    if input_files is None or (isinstance(input_files, str) and as_optional_path(input_files) is None):
-        return []
-    entries = [input_files] if isinstance(input_files, (str, os.PathLike)) else list(input_files)
-    paths: list[str] = []
-    for entry in map(str, entries):
-        if os.path.isdir(entry):
-            found = sorted(p for p in glob.glob(os.path.join(entry, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise FileNotFoundError(f"input folder {entry!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-            paths.extend(found)
-        else:
-            paths.append(entry)
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} input file(s) not found: {missing[:5]}")
-    return paths
 
 
 class ClassifierPredictor:

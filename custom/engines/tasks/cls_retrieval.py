@@ -28,13 +28,15 @@ import numpy as np
 import torch
 
 from ...data import labels
-from ..encode import ImageItems, require_pretrained
+from ..checkpoints import require_pretrained
+from ..encode import ImageItems
 from ...metrics import nan_to_none, precision_at_k, retrieval_recall
 from ...nets.factory import load_pretrained
 from ...data.prompts import load_prompts, match_classes
 from ...data.text import report_key
 from ...utils import as_bool, as_choice, as_optional_path, atomic_write_text
-from .zero_shot import PairScorer, read_label_names
+from ...data.labels import read_label_names
+from ..scoring import PairScorer
 
 logger = logging.getLogger("reclf")
 

@@ -10,41 +10,12 @@ from typing import Any
 import torch
 
 from ...data.datasets import PretrainDataset, load_datalist, make_loader
-from ...metrics import nan_to_none, retrieval_recall
-from ...nets.factory import load_pretrained, unwrap
-from ...utils import as_amp, atomic_write_text, autocast
+from ...metrics import nan_to_none
+from ...nets.factory import load_pretrained
+from ...utils import as_amp, atomic_write_text
+from ..encode import embed, retrieval_metrics  # noqa: F401 (custom.evaluation.embed: old name)
 
 logger = logging.getLogger("reclf")
-
-
-@torch.no_grad()
-def embed(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: str | torch.device, amp: bool = False,
-    images: bool = True, reports: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Global image and report embeddings (N, D_g) of every item of ``loader``, in order."""
-    net = unwrap(model).eval()
-    device = torch.device(device)
-    parts: dict[str, list[torch.Tensor]] = {"image": [], "report": [], "report_id": [], "index": []}
-    for batch in loader:
-        with autocast(device, amp):
-            if images:
-                parts["image"].append(net.encode_image(batch["image"].to(device), local=False)["global"].float().cpu())
-            if reports:
-                text = net.encode_text(
-                    batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["word_ids"].to(device),
-                    local=False,
-                )
-                parts["report"].append(text["global"].float().cpu())
-        parts["report_id"].append(batch["report_id"])
-        parts["index"].append(batch["index"])
-    return {k: torch.cat(v) for k, v in parts.items() if v}
-
-
-def retrieval_metrics(model, loader, device, amp: bool = False) -> dict[str, float]:
-    """Recall@1/5/10 both ways on the global cosine similarity."""
-    emb = embed(model, loader, device, amp)
-    return retrieval_recall(emb["image"] @ emb["report"].t(), emb["report_id"])
 
 
 def _eval_loader(ckpt: str, datalist: str, dataset_dir: str, split: str, image_size: int, batch_size: int,

@@ -36,15 +36,17 @@ from torch import nn
 
 from ...data.datasets import load_datalist
 from ...distributed import is_distributed, is_main_process, rank, world_size
-from .classify import load_classifier_weights, require_classifier
+from ..checkpoints import load_classifier_weights, require_classifier
 from ..checkpoints import write_checkpoint
-from ..encode import ImageItems, read_model_meta
+from ..checkpoints import read_model_meta
+from ..encode import ImageItems
 from ...data import labels
 from ...metrics import classification_metrics, nan_to_none
 from ...nets.classifier import ImageClassifier
 from ...nets.factory import unwrap
 from ...data.textfiles import read_json
 from ...utils import as_bool, as_choice, as_int, as_optional_path, atomic_torch_save, atomic_write_text, autocast, seed_everything
+from ...data.labels import stratified_subset
 
 logger = logging.getLogger("reclf")
 
@@ -73,50 +75,6 @@ def label_info(datalist: str, items: Sequence[dict[str, Any]] | None = None) -> 
 def label_targets(items: Sequence[dict[str, Any]], class_names: Sequence[str], multi_label: bool) -> np.ndarray:
     """(N, C) 1 / 0 / -1 (multi-label) or (N,) class indices (:func:`custom.labels.targets`)."""
     return labels.targets(items, class_names, multi_label)
-
-
-def stratified_subset(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded, stratified ``fraction`` of the items.
-
-    Strata: the class (multi-class, targets (N,)) or the label combination (multi-label, targets
-    (N, C), -1 counted as a value of its own). The subset size ``round(fraction * N)`` (at least 1)
-    is allocated to strata in proportion to their sizes by the largest-remainder method (ties
-    broken at random), and each stratum contributes its first items in a seeded random order.
-    Then every class that has a positive in the full set and none in the subset gets its first
-    positive (in the same random order) added, so the subset may exceed ``round(fraction * N)``
-    by at most C items. ``fraction`` >= 1 keeps everything.
-
-    The same (targets, fraction, seed) always gives the same subset.
-    """
-    fraction = float(fraction)
-    if not 0.0 < fraction <= 1.0 or math.isnan(fraction):
-        raise ValueError(f"label_fraction: expected a number in (0, 1], got {fraction!r}")
-    targets = np.asarray(targets)
-    n = len(targets)
-    if fraction >= 1.0 or n == 0:
-        return np.arange(n)
-    rng = np.random.default_rng(int(seed))
-    keys = targets.reshape(n, -1)
-    _, stratum = np.unique(keys, axis=0, return_inverse=True)
-    stratum = stratum.ravel()
-    sizes = np.bincount(stratum)
-    want = max(1, int(round(fraction * n)))
-    quota = fraction * sizes
-    take = np.floor(quota).astype(np.int64)
-    leftover = want - int(take.sum())
-    by_remainder = np.lexsort((rng.random(len(sizes)), -(quota - take)))  # largest remainder first
-    take[by_remainder[:leftover]] += 1
-    priority = rng.random(n)  # a seeded random order of the items
-    order = np.lexsort((priority, stratum))  # grouped by stratum, random within
-    rank_in_stratum = np.empty(n, dtype=np.int64)
-    rank_in_stratum[order] = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    chosen = rank_in_stratum < take[stratum]
-    positives = targets == 1 if targets.ndim == 2 else targets.reshape(-1, 1) == np.arange(targets.max() + 1)
-    for k in range(positives.shape[1]):  # coverage: at least one positive per class where there is one
-        if positives[:, k].any() and not positives[chosen, k].any():
-            candidates = np.flatnonzero(positives[:, k])
-            chosen[candidates[np.argmin(priority[candidates])]] = True
-    return np.flatnonzero(chosen)
 
 
 def as_seed_list(value: Any) -> list[int]:

@@ -44,10 +44,10 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor
 
 from ...data.datasets import EpochSeededDataset, decode_images, load_datalist, resolve_workers
-from ..encode import load_weights_strict, read_model_meta, require_checkpoint
+from ..checkpoints import load_weights_strict, read_model_meta, require_checkpoint
 from ...distributed import is_main_process, rank, world_size
 from ...data.io import RadiographReadError, read_radiograph
-from .linear_probe import stratified_subset
+from ...data.labels import stratified_subset
 from ...metrics import dice_iou, nan_to_none
 from ...nets.factory import unwrap
 from ...nets.seg_unet import SegUNet
@@ -629,7 +629,7 @@ class SegPredictor:
         self.threshold = float(threshold)  # recorded; postprocessing applies it
 
     def _paths(self) -> tuple[list[str], dict[str, Any]]:
-        from .classify import expand_input_files
+        from ..inference import expand_input_files
 
         paths = expand_input_files(self.input_files)
         if paths:
