@@ -117,6 +117,7 @@ def test_demo_probe_reaches_auroc_target(demo_probe, pretrained_demo):
 def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_demo, demo_dir):
     from custom.data import load_datalist
     from custom.downstream import ImageItems
+    from custom.engines.checkpoints import build_classifier
     from custom.nets.classifier import ImageClassifier
 
     state = torch.load(os.path.join(demo_probe, "models", "model.pt"), map_location="cpu", weights_only=True)
@@ -124,7 +125,7 @@ def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_de
     net.load_state_dict(state, strict=True)
     net.eval()
     # the encoder stayed frozen: it equals the pretraining checkpoint's image tower
-    encoder = ImageClassifier(6, pretrained_ckpt=pretrained_demo).eval()
+    encoder = build_classifier(6, pretrained_ckpt=pretrained_demo).eval()
     for key, value in encoder.encoder.state_dict().items():
         torch.testing.assert_close(state[f"encoder.{key}"], value, rtol=0, atol=0)
     items = load_datalist(os.path.join(demo_dir, "datalist.json"), demo_dir, "test")[:8]

@@ -62,20 +62,19 @@ def _classifier_and_segmenter(pretrain_ckpt: str, out) -> dict[str, str]:
     """reclf_cls / reclf_seg checkpoints without training (the export does not care how good they
     are): the pretrained encoder, untrained heads, and the model.json each bundle's train.yaml writes."""
     from custom.demo import FINDINGS
-    from custom.nets.classifier import ImageClassifier
-    from custom.nets.seg_unet import SegUNet
+    from custom.engines.checkpoints import build_classifier, build_segmenter
     from custom.segmentation import save_segmenter
 
     torch.manual_seed(0)
     cls_dir, seg_dir = out / "cls", out / "seg"
     cls_dir.mkdir()
     seg_dir.mkdir()
-    classifier = ImageClassifier(len(FINDINGS), pretrained_ckpt=pretrain_ckpt)
+    classifier = build_classifier(len(FINDINGS), pretrained_ckpt=pretrain_ckpt)
     torch.save(classifier.state_dict(), str(cls_dir / "model.pt"))
     (cls_dir / "model.json").write_text(json.dumps({
         "task": "linear_probe", "class_names": list(FINDINGS), "num_classes": len(FINDINGS), "multi_label": True,
         "image_encoder": classifier.encoder_name, "image_size": 64}))
-    save_segmenter(SegUNet(pretrained_ckpt=pretrain_ckpt), str(seg_dir / "model.pt"), {"image_size": 64})
+    save_segmenter(build_segmenter(pretrained_ckpt=pretrain_ckpt), str(seg_dir / "model.pt"), {"image_size": 64})
     return {"reclf_cls": str(cls_dir / "model.pt"), "reclf_seg": str(seg_dir / "model.pt")}
 
 

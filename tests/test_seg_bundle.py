@@ -113,6 +113,7 @@ def test_unet_shapes_and_boolean_override():
 
 
 def test_encoder_weights_come_from_the_checkpoint_and_stay_fixed_when_frozen(pretrained):
+    from custom.engines.checkpoints import build_segmenter
     from custom.nets.seg_unet import SegUNet
     from custom.segmentation import seg_loss
 
@@ -122,7 +123,7 @@ def test_encoder_weights_come_from_the_checkpoint_and_stay_fixed_when_frozen(pre
     torch.manual_seed(0)
     random = SegUNet()
     for frozen in (True, False):
-        net = SegUNet(pretrained_ckpt=ckpt, freeze_encoder=frozen)
+        net = build_segmenter(pretrained_ckpt=ckpt, freeze_encoder=frozen)
         mine = net.encoder.state_dict()
         assert set(mine) == set(tower)
         assert all(torch.equal(mine[k], v) for k, v in tower.items())

@@ -297,3 +297,71 @@ def load_classifier_weights(network: torch.nn.Module, ckpt: str) -> None:
     """Load a classifier ``model.pt`` (a plain state dict) strictly into ``network``."""
     load_weights_strict(network, ckpt, "class_names / image_encoder come from the model.json beside it; check "
                         "--class_names / --image_encoder overrides")
+
+
+# ---- downstream networks on a pretraining checkpoint's image tower ----------------------
+
+
+def pretrained_image_encoder_name(ckpt: str) -> str:
+    """The image encoder a self-describing pretraining checkpoint was built with (its ``model.json``)."""
+    meta = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "model.json")
+    if not os.path.isfile(meta):
+        raise FileNotFoundError(f"{meta!r} not found: {ckpt!r} is not a self-describing reclf checkpoint")
+    with open(meta, encoding="utf-8") as f:
+        return json.load(f)["image_encoder"]
+
+
+def load_image_tower(encoder: torch.nn.Module, ckpt: str) -> None:
+    """Copy the ``image_encoder.*`` weights of a pretraining ``model.pt`` into ``encoder`` (strict)."""
+    state = load_state(ckpt)
+    prefix = "image_encoder."
+    tower = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not tower:
+        raise ValueError(f"{ckpt!r} holds no '{prefix}*' weights: not a reclf pretraining checkpoint")
+    try:
+        encoder.load_state_dict(tower, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{ckpt!r}: its image tower does not match {type(encoder).__name__}: {err}") from err
+
+
+def build_classifier(num_classes: int, image_encoder: str = "resnet18", pretrained_ckpt: Any = "",
+                     freeze_encoder: bool = True) -> torch.nn.Module:
+    """The reclf_cls network: :class:`custom.nets.classifier.ImageClassifier`, its encoder
+    initialised from a pretraining checkpoint's image tower.
+
+    Args:
+        num_classes: C output logits. image_encoder: ``resnet18`` | ``resnet50`` ... (ignored when
+            ``pretrained_ckpt`` is given: the checkpoint's own encoder, from its ``model.json``).
+        pretrained_ckpt: a ``reclf_pretrain`` ``model.pt``; ``""`` / None = random init (the baseline).
+        freeze_encoder: linear probing (no encoder gradients, eval-mode batch norm).
+
+    Returns:
+        the network; forward: images (B, 1, H, W) in [0, 1] -> logits (B, C).
+    """
+    from ..nets.classifier import ImageClassifier
+
+    ckpt = as_optional_path(pretrained_ckpt)
+    net = ImageClassifier(num_classes, pretrained_image_encoder_name(ckpt) if ckpt else image_encoder,
+                          freeze_encoder=freeze_encoder)
+    if ckpt:
+        load_image_tower(net.encoder, ckpt)
+    return net
+
+
+def build_segmenter(image_encoder: str = "resnet18", pretrained_ckpt: Any = "", freeze_encoder: Any = False,
+                    out_channels: int = 1, decoder_channels: Any = (128, 64, 32, 16)) -> torch.nn.Module:
+    """The reclf_seg network: :class:`custom.nets.seg_unet.SegUNet`, its encoder initialised from a
+    pretraining checkpoint's image tower (arguments as :func:`build_classifier`; ``out_channels``
+    and ``decoder_channels`` as SegUNet's).
+
+    Returns:
+        the network; forward: images (B, 1, H, W), H and W multiples of 32 -> logits (B, out_channels, H, W).
+    """
+    from ..nets.seg_unet import SegUNet
+
+    ckpt = as_optional_path(pretrained_ckpt)
+    net = SegUNet(pretrained_image_encoder_name(ckpt) if ckpt else image_encoder, freeze_encoder=freeze_encoder,
+                  out_channels=out_channels, decoder_channels=decoder_channels)
+    if ckpt:
+        load_image_tower(net.encoder, ckpt)
+    return net
