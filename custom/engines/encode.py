@@ -8,16 +8,20 @@ Finding and loading checkpoints moved to :mod:`custom.engines.checkpoints`; thei
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 
 from ..data.datasets import decode_images, image_transform
 from ..nets.factory import unwrap
 from ..data.text import encode_reports
-from ..utils import autocast
+from ..distributed import is_distributed, rank, world_size
+from ..utils import as_optional_path, autocast
 from ..metrics import retrieval_recall
 from .checkpoints import (  # noqa: F401 (custom.downstream.*: the old names, used by configs)
     PRETRAIN_FIRST, load_weights_strict, optional_pretrained, read_model_meta, require_checkpoint, require_pretrained,
@@ -25,6 +29,29 @@ from .checkpoints import (  # noqa: F401 (custom.downstream.*: the old names, us
 
 logger = logging.getLogger("reclf")
 
+
+
+def encode_batches(
+    loader: Iterable[dict[str, Any]], encode: Callable[[dict[str, Any]], dict[str, torch.Tensor | None]],
+    device: torch.device, amp: bool = False,
+) -> dict[str, list[torch.Tensor]]:
+    """The one embedding loop: ``encode(batch)`` under autocast for every batch of ``loader``.
+
+    Args:
+        loader: batches (dicts). encode: batch -> {name: tensor (B, ...) or None (skipped)}; runs
+            under :func:`custom.utils.autocast` (``amp``) on ``device``. Callers hold ``no_grad``.
+
+    Returns:
+        {name: [one CPU tensor per batch]}, floating tensors as float32, in loader order.
+    """
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        with autocast(device, amp):
+            out = encode(batch)
+        for name, value in out.items():
+            if value is not None:
+                parts.setdefault(name, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
+    return parts
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -55,18 +82,18 @@ def encode_images(
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
                                          num_workers=int(num_workers))
-    parts: dict[str, list[torch.Tensor]] = {"global": [], "regions": []}
-    positions = None
-    for batch in loader:
-        with autocast(device, amp):
-            out = net.encode_image(batch["image"].to(device), local=local)
-        parts["global"].append(out["global"].float().cpu())
-        if local and "regions" in out:
-            parts["regions"].append(out["regions"].float().cpu())
-            positions = out.get("positions")
+
+    def encode(batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        out = net.encode_image(batch["image"].to(device), local=local)
+        has_local = local and "regions" in out
+        return {"global": out["global"], "regions": out["regions"] if has_local else None,
+                "positions": out.get("positions") if has_local else None}
+
+    parts = encode_batches(loader, encode, device, amp)
+    positions = parts.pop("positions", None)
     result = {k: torch.cat(v) for k, v in parts.items() if v}
-    if positions is not None:
-        result["positions"] = positions.float().cpu()
+    if positions:
+        result["positions"] = positions[-1]  # (R, D_p): the same grid for every batch
     return result
 
 
@@ -108,23 +135,90 @@ def embed(
     """Global image and report embeddings (N, D_g) of every item of ``loader``, in order."""
     net = unwrap(model).eval()
     device = torch.device(device)
-    parts: dict[str, list[torch.Tensor]] = {"image": [], "report": [], "report_id": [], "index": []}
-    for batch in loader:
-        with autocast(device, amp):
-            if images:
-                parts["image"].append(net.encode_image(batch["image"].to(device), local=False)["global"].float().cpu())
-            if reports:
-                text = net.encode_text(
-                    batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["word_ids"].to(device),
-                    local=False,
-                )
-                parts["report"].append(text["global"].float().cpu())
-        parts["report_id"].append(batch["report_id"])
-        parts["index"].append(batch["index"])
-    return {k: torch.cat(v) for k, v in parts.items() if v}
+
+    def encode(batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        image = net.encode_image(batch["image"].to(device), local=False)["global"] if images else None
+        report = net.encode_text(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["word_ids"].to(device),
+            local=False,
+        )["global"] if reports else None
+        return {"image": image, "report": report, "report_id": batch["report_id"], "index": batch["index"]}
+
+    return {k: torch.cat(v) for k, v in encode_batches(loader, encode, device, amp).items() if v}
 
 
 def retrieval_metrics(model, loader, device, amp: bool = False) -> dict[str, float]:
     """Recall@1/5/10 both ways on the global cosine similarity."""
     emb = embed(model, loader, device, amp)
     return retrieval_recall(emb["image"] @ emb["report"].t(), emb["report_id"])
+
+
+# ---- frozen-encoder features, sharded across processes (linear probe) ---------------------
+
+
+@torch.no_grad()
+def encode_image_features(
+    network: nn.Module, items: Sequence[dict[str, Any]], image_size: int, device: str | torch.device,
+    batch_size: int = 64, amp: bool = False, num_workers: int = 0, bad_images: str = "error",
+    cache_dir: str | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Frozen-encoder features of ``items`` (the linear probe's), computed once, in item order.
+
+    Under ``torch.distributed`` each process decodes and encodes the shard a ``DistributedSampler``
+    gives it, and the shards are all-gathered, so every process returns the full result.
+
+    Args:
+        network: an :class:`ImageClassifier` (its ``features``: (B, 1, H, W) → (B, F)).
+        items: datalist items with ``image``.
+
+    Returns:
+        features (N', F) float32 on the CPU and the positions (N',) in ``items`` they belong to
+        (N' < N only when ``bad_images="skip"`` dropped unreadable images).
+    """
+    net = unwrap(network).eval()
+    device = torch.device(device)
+    dim = net.head.in_features
+    n = len(items)
+    if n == 0:
+        return torch.zeros(0, dim), np.zeros(0, dtype=np.int64)
+    if is_distributed():
+        # pads with repeats so that every shard has the same length; repeats are written twice
+        mine = list(torch.utils.data.DistributedSampler(range(n), num_replicas=world_size(), rank=rank(),
+                                                        shuffle=False))
+        logger.info("process %d of %d encodes %d of %d images", rank(), world_size(), len(mine), n)
+    else:
+        mine = list(range(n))
+    dataset = ImageItems([dict(items[i], _position=i) for i in mine], image_size, bad_images=bad_images,
+                         cache_dir=as_optional_path(cache_dir))
+    positions = torch.tensor([it["_position"] for it in dataset.items], dtype=torch.int64)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
+                                         num_workers=int(num_workers))
+    parts = encode_batches(loader, lambda batch: {"features": net.features(batch["image"].to(device))}, device, amp)
+    features = torch.cat([torch.zeros(0, dim), *parts.get("features", [])])
+    if is_distributed():
+        features, positions = _all_gather_rows(features, positions, device)
+    out = torch.zeros(n, dim)
+    present = torch.zeros(n, dtype=torch.bool)
+    out[positions] = features
+    present[positions] = True
+    kept = torch.nonzero(present).flatten()
+    return out[kept], kept.numpy()
+
+
+def _all_gather_rows(rows: torch.Tensor, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-gather (m_r, F) rows and their (m_r,) indices of unequal length m_r across processes."""
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    count = torch.tensor([rows.shape[0]], device=comm)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    longest = max(sizes)
+    padded = F.pad(rows, (0, 0, 0, longest - rows.shape[0])).to(comm)
+    padded_index = F.pad(index, (0, longest - index.shape[0])).to(comm)
+    all_rows = [torch.empty_like(padded) for _ in sizes]
+    all_index = [torch.empty_like(padded_index) for _ in sizes]
+    dist.all_gather(all_rows, padded)
+    dist.all_gather(all_index, padded_index)
+    rows = torch.cat([r[:m].cpu() for r, m in zip(all_rows, sizes)])
+    index = torch.cat([i[:m].cpu() for i, m in zip(all_index, sizes)])
+    return rows, index

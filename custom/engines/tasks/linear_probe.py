@@ -35,7 +35,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ...data.datasets import load_datalist
-from ...distributed import is_distributed, is_main_process, rank, world_size
+from ...distributed import is_distributed, is_main_process
 from ..checkpoints import load_classifier_weights, require_classifier
 from ..checkpoints import write_checkpoint
 from ..checkpoints import read_model_meta
@@ -47,6 +47,8 @@ from ...nets.factory import unwrap
 from ...data.textfiles import read_json
 from ...utils import as_bool, as_choice, as_int, as_optional_path, atomic_torch_save, atomic_write_text, autocast, seed_everything
 from ...data.labels import stratified_subset
+from ..encode import encode_image_features
+from ..encode import encode_image_features as extract_features  # noqa: F401 (the old name)
 
 logger = logging.getLogger("reclf")
 
@@ -120,77 +122,6 @@ def probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
 
 
 # ---- features -------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def extract_features(
-    network: nn.Module, items: Sequence[dict[str, Any]], image_size: int, device: str | torch.device,
-    batch_size: int = 64, amp: bool = False, num_workers: int = 0, bad_images: str = "error",
-    cache_dir: str | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Frozen-encoder features of ``items``, computed once, in item order.
-
-    Under ``torch.distributed`` each process decodes and encodes the shard a ``DistributedSampler``
-    gives it, and the shards are all-gathered, so every process returns the full result.
-
-    Args:
-        network: an :class:`ImageClassifier` (its ``features``: (B, 1, H, W) → (B, F)).
-        items: datalist items with ``image``.
-
-    Returns:
-        features (N', F) float32 on the CPU and the positions (N',) in ``items`` they belong to
-        (N' < N only when ``bad_images="skip"`` dropped unreadable images).
-    """
-    net = unwrap(network).eval()
-    device = torch.device(device)
-    dim = net.head.in_features
-    n = len(items)
-    if n == 0:
-        return torch.zeros(0, dim), np.zeros(0, dtype=np.int64)
-    if is_distributed():
-        # pads with repeats so that every shard has the same length; repeats are written twice
-        mine = list(torch.utils.data.DistributedSampler(range(n), num_replicas=world_size(), rank=rank(),
-                                                        shuffle=False))
-        logger.info("process %d of %d encodes %d of %d images", rank(), world_size(), len(mine), n)
-    else:
-        mine = list(range(n))
-    dataset = ImageItems([dict(items[i], _position=i) for i in mine], image_size, bad_images=bad_images,
-                         cache_dir=as_optional_path(cache_dir))
-    positions = torch.tensor([it["_position"] for it in dataset.items], dtype=torch.int64)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
-                                         num_workers=int(num_workers))
-    parts = [torch.zeros(0, dim)]
-    for batch in loader:
-        with autocast(device, amp):
-            parts.append(net.features(batch["image"].to(device)).float().cpu())
-    features = torch.cat(parts)
-    if is_distributed():
-        features, positions = _all_gather_rows(features, positions, device)
-    out = torch.zeros(n, dim)
-    present = torch.zeros(n, dtype=torch.bool)
-    out[positions] = features
-    present[positions] = True
-    kept = torch.nonzero(present).flatten()
-    return out[kept], kept.numpy()
-
-
-def _all_gather_rows(rows: torch.Tensor, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-gather (m_r, F) rows and their (m_r,) indices of unequal length m_r across processes."""
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    count = torch.tensor([rows.shape[0]], device=comm)
-    counts = [torch.zeros_like(count) for _ in range(world_size())]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    longest = max(sizes)
-    padded = F.pad(rows, (0, 0, 0, longest - rows.shape[0])).to(comm)
-    padded_index = F.pad(index, (0, longest - index.shape[0])).to(comm)
-    all_rows = [torch.empty_like(padded) for _ in sizes]
-    all_index = [torch.empty_like(padded_index) for _ in sizes]
-    dist.all_gather(all_rows, padded)
-    dist.all_gather(all_index, padded_index)
-    rows = torch.cat([r[:m].cpu() for r, m in zip(all_rows, sizes)])
-    index = torch.cat([i[:m].cpu() for i, m in zip(all_index, sizes)])
-    return rows, index
 
 
 # ---- the head's ignite workflow ---------------------------------------------------------------
@@ -396,7 +327,7 @@ class LinearProbe:
             # every process must encode with the same weights (a random-init encoder included)
             for tensor in unwrap(self.network).state_dict().values():
                 dist.broadcast(tensor, src=0)
-        features, kept = extract_features(self.network, unique, self.image_size, self.device, **self.encode)
+        features, kept = encode_image_features(self.network, unique, self.image_size, self.device, **self.encode)
         row_of = {unique[k]["image"]: r for r, k in enumerate(kept.tolist())}
         logger.info("linear probe: %d image features of dimension %d", len(features), features.shape[1])
         out = {}
