@@ -1,4 +1,4 @@
-"""``python -m custom export-bundle``: self-contained model-zoo bundles (custom/export.py).
+"""``python -m custom export-bundle``: self-contained model-zoo bundles (custom/tools/export/).
 
 One tiny checkpoint per bundle is exported; ONE clean subprocess (no PYTHONPATH, another working
 directory) then runs every exported bundle's inference.yaml and evaluate.yaml (and reclf_cls's

@@ -150,7 +150,7 @@ def parse_prompts(content: Any, source: str = "<prompts>") -> dict[str, ClassPro
     """
     if not isinstance(content, Mapping) or "classes" not in content:
         raise PromptError(f"prompt file {source!r}: expected a mapping with a top-level 'classes:' "
-                          "(class name -> phrases or templates); see custom/prompts.py")
+                          "(class name -> phrases or templates); see custom/data/prompts.py")
     unknown = sorted(set(content) - {"classes", "fields", "description"})
     if unknown:
         raise PromptError(f"prompt file {source!r}: unknown top-level key '{unknown[0]}' "
