@@ -86,6 +86,15 @@ class _AliasFinder(_abc.MetaPathFinder, _abc.Loader):
         new = alias_target(fullname)
         if new is None:
             return None
+        try:
+            exists = _util.find_spec(new) is not None
+        except ImportError:
+            exists = False
+        if not exists:
+            # no such module under the new name either: let the import fail for *this* name, as
+            # locate() (MONAI's _target_) expects before it falls back to an attribute
+            # (custom.linear_probe.LinearProbe: the package custom.linear_probe, attribute LinearProbe)
+            return None
         return _util.spec_from_loader(fullname, self, origin=f"alias of {new}")
 
     def create_module(self, spec):

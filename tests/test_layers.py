@@ -151,5 +151,9 @@ def test_old_dotted_targets_resolve():
     for target in ("custom.engine.PretrainTrainer", "custom.data.PretrainDataset", "custom.losses.PretrainLoss",
                    "custom.handlers.RetrievalValidation", "custom.nets.factory.build_reclf_model",
                    "custom.segmentation.SegMetric", "custom.datasets.covid_notes.prepare_covid_notes",
-                   "custom.downstream.optional_pretrained", "custom.classify.classifier_meta"):
+                   "custom.downstream.optional_pretrained", "custom.classify.classifier_meta",
+                   # attributes of aliased *packages* (the import of the dotted name must fail cleanly first)
+                   "custom.linear_probe.LinearProbe", "custom.linear_probe.label_info",
+                   "custom.visualize.AttentionVisualizer", "custom.demo.generate_demo",
+                   "custom.export.export_bundle", "custom.convert.convert_checkpoint"):
         assert callable(locate(target)), target
