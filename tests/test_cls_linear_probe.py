@@ -102,6 +102,7 @@ def demo_probe(pretrained_demo, demo_dir, tmp_path_factory) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_demo_probe_reaches_auroc_target(demo_probe, pretrained_demo):
     probe = read_json_strict(os.path.join(demo_probe, "eval", "linear_probe.json"))
     meta = read_json_strict(os.path.join(demo_probe, "models", "model.json"))
@@ -114,6 +115,7 @@ def test_demo_probe_reaches_auroc_target(demo_probe, pretrained_demo):
     assert 1 <= meta["best_epoch"] <= 100 and probe["std/auroc_mean"] is None  # one seed: std undefined
 
 
+@pytest.mark.slow
 def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_demo, demo_dir):
     from custom.data import load_datalist
     from custom.downstream import ImageItems
@@ -138,6 +140,7 @@ def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_de
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_design_keys_and_matches_training_report(demo_probe, demo_dir):
     run_bundle(EVALUATE, dataset_dir=demo_dir, datalist=os.path.join(demo_dir, "datalist.json"),
                output_dir=demo_probe, **CPU)

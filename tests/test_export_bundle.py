@@ -131,6 +131,7 @@ def _ts_matches(root: str, reference: torch.nn.Module, shape: tuple[int, ...]) -
     return out
 
 
+@pytest.mark.slow
 def test_pretrain_export_runs_anywhere_and_matches_the_repository(exports, tmp_path):
     from custom.nets.factory import load_pretrained
 
@@ -161,6 +162,7 @@ class _Forward(torch.nn.Module):
         return self.fn(x)
 
 
+@pytest.mark.slow
 def test_cls_export_classifies_and_zero_shots_with_its_packaged_pretraining(exports, monkeypatch):
     from custom.nets.classifier import ImageClassifier
 
@@ -189,6 +191,7 @@ def test_cls_export_classifies_and_zero_shots_with_its_packaged_pretraining(expo
     assert _ts_matches(root, net, (2, 1, 64, 64)).shape == (2, len(model_json["class_names"]))
 
 
+@pytest.mark.slow
 def test_seg_export_segments_anywhere(exports):
     from custom.nets.seg_unet import SegUNet
 
@@ -203,6 +206,7 @@ def test_seg_export_segments_anywhere(exports):
     assert _ts_matches(root, net, (1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
+@pytest.mark.slow
 def test_export_layout_zip_and_large_files(exports):
     root = exports["roots"]["reclf_pretrain"]
     for path in ("configs/metadata.json", "configs/logging.conf", "models/model.json", "models/text",
@@ -230,6 +234,7 @@ def test_export_layout_zip_and_large_files(exports):
     assert "## Using this exported bundle" in readme and "ckpt_export network_def" in readme
 
 
+@pytest.mark.slow
 def test_bundle_root_follows_an_unzipped_copy_and_says_when_lost(exports, tmp_path, monkeypatch):
     """Unzipped elsewhere (the exported folder gone), bundle_root is the current directory when that
     is the bundle; anywhere else custom_path stops with the fix (--bundle_root)."""

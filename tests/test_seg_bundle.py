@@ -226,6 +226,7 @@ def test_demo_short_run_beats_all_background(demo_dir, tmp_path):
     assert metrics["dice_pos"] > 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(CXR_NOTES), reason="../shared/data/cxr-notes not present")
 def test_real_lung_masks_end_to_end(tmp_path):
     from custom.datasets.covid_notes import prepare_covid_notes
