@@ -213,6 +213,7 @@ def test_missing_pretrained_warns_and_probes_label_fraction_with_seeds(tiny_data
 # ---- real data ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(CXR_NOTES), reason="../shared/data/cxr-notes not present")
 def test_covid_notes_multiclass_train_and_evaluate(pretrained, tmp_path):
     from custom.datasets.covid_notes import prepare_covid_notes

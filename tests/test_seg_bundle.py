@@ -203,6 +203,7 @@ def test_evaluate_without_checkpoint_says_train_first(tmp_path, tiny_datalist):
     assert "run bundles/reclf_seg/configs/train.yaml first" in exception_text(err.value)
 
 
+@pytest.mark.slow
 def test_demo_short_run_beats_all_background(demo_dir, tmp_path):
     """Random init (the pretrained checkpoint is missing: a warning), one epoch of 40 steps on the 320
     demo pairs at 64 px: the test Dice beats predicting background everywhere (which scores the
