@@ -38,11 +38,11 @@ def _quiet_return(function: Callable[..., object]) -> Callable[..., None]:
 def main() -> None:
     import fire
 
-    from .convert import main_convert
-    from .datasets import preparers
-    from .demo import main_demo
-    from .export import main_export
-    from .image_cache import main_cache
+    from .tools.convert import main_convert
+    from .data.prepare import preparers
+    from .data.demo import main_demo
+    from .tools.export import main_export
+    from .data.image_cache import main_cache
 
     fire.Fire({
         "demo": main_demo,

@@ -21,8 +21,9 @@ ENTRY_POINTS = frozenset({
     "imports", "initialize", "run", "finalize", "_meta_", "bundle_root", "network_def", "network", "preprocessing",
     "postprocessing", "inferer", "dataset_dir", "device", "evaluator", "trainer", "train", "validate",
 })
-# DESIGN §5's vocabulary: every bundle config carries these keys, used or not, so one command line
-# works across bundles; a config that does not use one accepts it without effect
+# DESIGN §5's vocabulary (bundles/common.yaml documents it): one command line works across bundles,
+# so a vocabulary key a config does not use is accepted without effect instead of refused. Configs
+# no longer carry unused vocabulary keys ("unused here" padding); this is the one exemption left.
 SHARED_KEYS = frozenset({
     "dataset_dir", "datalist", "output_dir", "ckpt", "pretrained_ckpt", "eval_split", "epochs", "batch_size", "lr",
     "image_size", "device", "amp", "seed", "num_workers",
@@ -80,7 +81,8 @@ def check_keys(config: Mapping[str, Any]) -> None:
     unused = unused_keys(config)
     if not unused:
         return
-    known = [k for k in config if k not in unused]
+    # the vocabulary counts as known even where a config does not define it: `--epoch` names `epochs`
+    known = [k for k in config if k not in unused] + sorted(SHARED_KEYS)
     parts = []
     for key in unused:
         guess = nearest(key, known)

@@ -56,6 +56,7 @@ def test_cli_errors_name_the_problem(tmp_path):
     assert not os.path.exists(tmp_path / "c" / "data")  # checked before any data is generated
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end_and_cache(tmp_path):
     cache, out = str(tmp_path / "cache"), str(tmp_path / "out")
     argv = ["--dataset", "demo", "--cache", cache, "--out", out, "--demo_train", "48", "--demo_val", "32",

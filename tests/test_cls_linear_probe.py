@@ -102,6 +102,7 @@ def demo_probe(pretrained_demo, demo_dir, tmp_path_factory) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_demo_probe_reaches_auroc_target(demo_probe, pretrained_demo):
     probe = read_json_strict(os.path.join(demo_probe, "eval", "linear_probe.json"))
     meta = read_json_strict(os.path.join(demo_probe, "models", "model.json"))
@@ -114,9 +115,11 @@ def test_demo_probe_reaches_auroc_target(demo_probe, pretrained_demo):
     assert 1 <= meta["best_epoch"] <= 100 and probe["std/auroc_mean"] is None  # one seed: std undefined
 
 
+@pytest.mark.slow
 def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_demo, demo_dir):
     from custom.data import load_datalist
     from custom.downstream import ImageItems
+    from custom.engines.checkpoints import build_classifier
     from custom.nets.classifier import ImageClassifier
 
     state = torch.load(os.path.join(demo_probe, "models", "model.pt"), map_location="cpu", weights_only=True)
@@ -124,7 +127,7 @@ def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_de
     net.load_state_dict(state, strict=True)
     net.eval()
     # the encoder stayed frozen: it equals the pretraining checkpoint's image tower
-    encoder = ImageClassifier(6, pretrained_ckpt=pretrained_demo).eval()
+    encoder = build_classifier(6, pretrained_ckpt=pretrained_demo).eval()
     for key, value in encoder.encoder.state_dict().items():
         torch.testing.assert_close(state[f"encoder.{key}"], value, rtol=0, atol=0)
     items = load_datalist(os.path.join(demo_dir, "datalist.json"), demo_dir, "test")[:8]
@@ -137,6 +140,7 @@ def test_model_pt_loads_strictly_and_reproduces_logits(demo_probe, pretrained_de
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_design_keys_and_matches_training_report(demo_probe, demo_dir):
     run_bundle(EVALUATE, dataset_dir=demo_dir, datalist=os.path.join(demo_dir, "datalist.json"),
                output_dir=demo_probe, **CPU)
@@ -209,6 +213,7 @@ def test_missing_pretrained_warns_and_probes_label_fraction_with_seeds(tiny_data
 # ---- real data ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(CXR_NOTES), reason="../shared/data/cxr-notes not present")
 def test_covid_notes_multiclass_train_and_evaluate(pretrained, tmp_path):
     from custom.datasets.covid_notes import prepare_covid_notes

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo data (custom/demo.py): determinism, splits, laterality, wording."""
+"""Tests of the synthetic demo data (custom/data/demo/): determinism, splits, laterality, wording."""
 
 from __future__ import annotations
 

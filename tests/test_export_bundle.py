@@ -1,4 +1,4 @@
-"""``python -m custom export-bundle``: self-contained model-zoo bundles (custom/export.py).
+"""``python -m custom export-bundle``: self-contained model-zoo bundles (custom/tools/export/).
 
 One tiny checkpoint per bundle is exported; ONE clean subprocess (no PYTHONPATH, another working
 directory) then runs every exported bundle's inference.yaml and evaluate.yaml (and reclf_cls's
@@ -62,20 +62,19 @@ def _classifier_and_segmenter(pretrain_ckpt: str, out) -> dict[str, str]:
     """reclf_cls / reclf_seg checkpoints without training (the export does not care how good they
     are): the pretrained encoder, untrained heads, and the model.json each bundle's train.yaml writes."""
     from custom.demo import FINDINGS
-    from custom.nets.classifier import ImageClassifier
-    from custom.nets.seg_unet import SegUNet
+    from custom.engines.checkpoints import build_classifier, build_segmenter
     from custom.segmentation import save_segmenter
 
     torch.manual_seed(0)
     cls_dir, seg_dir = out / "cls", out / "seg"
     cls_dir.mkdir()
     seg_dir.mkdir()
-    classifier = ImageClassifier(len(FINDINGS), pretrained_ckpt=pretrain_ckpt)
+    classifier = build_classifier(len(FINDINGS), pretrained_ckpt=pretrain_ckpt)
     torch.save(classifier.state_dict(), str(cls_dir / "model.pt"))
     (cls_dir / "model.json").write_text(json.dumps({
         "task": "linear_probe", "class_names": list(FINDINGS), "num_classes": len(FINDINGS), "multi_label": True,
         "image_encoder": classifier.encoder_name, "image_size": 64}))
-    save_segmenter(SegUNet(pretrained_ckpt=pretrain_ckpt), str(seg_dir / "model.pt"), {"image_size": 64})
+    save_segmenter(build_segmenter(pretrained_ckpt=pretrain_ckpt), str(seg_dir / "model.pt"), {"image_size": 64})
     return {"reclf_cls": str(cls_dir / "model.pt"), "reclf_seg": str(seg_dir / "model.pt")}
 
 
@@ -132,6 +131,7 @@ def _ts_matches(root: str, reference: torch.nn.Module, shape: tuple[int, ...]) -
     return out
 
 
+@pytest.mark.slow
 def test_pretrain_export_runs_anywhere_and_matches_the_repository(exports, tmp_path):
     from custom.nets.factory import load_pretrained
 
@@ -162,6 +162,7 @@ class _Forward(torch.nn.Module):
         return self.fn(x)
 
 
+@pytest.mark.slow
 def test_cls_export_classifies_and_zero_shots_with_its_packaged_pretraining(exports, monkeypatch):
     from custom.nets.classifier import ImageClassifier
 
@@ -190,6 +191,7 @@ def test_cls_export_classifies_and_zero_shots_with_its_packaged_pretraining(expo
     assert _ts_matches(root, net, (2, 1, 64, 64)).shape == (2, len(model_json["class_names"]))
 
 
+@pytest.mark.slow
 def test_seg_export_segments_anywhere(exports):
     from custom.nets.seg_unet import SegUNet
 
@@ -204,6 +206,7 @@ def test_seg_export_segments_anywhere(exports):
     assert _ts_matches(root, net, (1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
+@pytest.mark.slow
 def test_export_layout_zip_and_large_files(exports):
     root = exports["roots"]["reclf_pretrain"]
     for path in ("configs/metadata.json", "configs/logging.conf", "models/model.json", "models/text",
@@ -231,6 +234,7 @@ def test_export_layout_zip_and_large_files(exports):
     assert "## Using this exported bundle" in readme and "ckpt_export network_def" in readme
 
 
+@pytest.mark.slow
 def test_bundle_root_follows_an_unzipped_copy_and_says_when_lost(exports, tmp_path, monkeypatch):
     """Unzipped elsewhere (the exported folder gone), bundle_root is the current directory when that
     is the bundle; anywhere else custom_path stops with the fix (--bundle_root)."""

@@ -16,6 +16,8 @@ from custom.nets.factory import build_reclf_model
 from custom.optim import warmup_scheduler
 from custom.text import prepare_tokenizer
 
+pytestmark = pytest.mark.slow  # trains three objectives on the demo data (minutes)
+
 # the smallest budget per objective that passes with margin (measured on CPU: at 6 epochs RECLF's
 # loss falls to 0.75x with training R@10 at 2.7-3.1x chance, while GLoRIA pooling is still at 1.8x
 # chance for image->text and ConVIRT's loss only at 0.89x); the suite must stay under 15 minutes

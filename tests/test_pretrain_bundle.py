@@ -77,6 +77,7 @@ def _weights(out_dir: str) -> dict[str, torch.Tensor]:
     return torch.load(os.path.join(out_dir, "models", "model.pt"), weights_only=True)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tiny_datalist, tmp_path):
     common = dict(dataset_dir=os.path.dirname(tiny_datalist), datalist=tiny_datalist, val_interval=100, **TINY)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
@@ -117,6 +118,7 @@ def _cli(*args: str, timeout: int = 600, extra_env: dict | None = None) -> subpr
     return subprocess.run(list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_srm_false_really_removes_srm(tiny_datalist, tmp_path):
     """fire hands `--srm false` over as the string 'false': it must switch SRM off."""
     proc = _cli(sys.executable, "-m", "monai.bundle", "run", "--config_file",
@@ -131,6 +133,7 @@ def test_cli_srm_false_really_removes_srm(tiny_datalist, tmp_path):
         assert json.load(f)["model"]["srm"] is False
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tiny_datalist, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     configs = [os.path.join(PRETRAIN_CONFIGS, n) for n in ("train.yaml", "multi_gpu_train.yaml")]

@@ -113,6 +113,7 @@ def test_unet_shapes_and_boolean_override():
 
 
 def test_encoder_weights_come_from_the_checkpoint_and_stay_fixed_when_frozen(pretrained):
+    from custom.engines.checkpoints import build_segmenter
     from custom.nets.seg_unet import SegUNet
     from custom.segmentation import seg_loss
 
@@ -122,7 +123,7 @@ def test_encoder_weights_come_from_the_checkpoint_and_stay_fixed_when_frozen(pre
     torch.manual_seed(0)
     random = SegUNet()
     for frozen in (True, False):
-        net = SegUNet(pretrained_ckpt=ckpt, freeze_encoder=frozen)
+        net = build_segmenter(pretrained_ckpt=ckpt, freeze_encoder=frozen)
         mine = net.encoder.state_dict()
         assert set(mine) == set(tower)
         assert all(torch.equal(mine[k], v) for k, v in tower.items())
@@ -202,6 +203,7 @@ def test_evaluate_without_checkpoint_says_train_first(tmp_path, tiny_datalist):
     assert "run bundles/reclf_seg/configs/train.yaml first" in exception_text(err.value)
 
 
+@pytest.mark.slow
 def test_demo_short_run_beats_all_background(demo_dir, tmp_path):
     """Random init (the pretrained checkpoint is missing: a warning), one epoch of 40 steps on the 320
     demo pairs at 64 px: the test Dice beats predicting background everywhere (which scores the
@@ -225,6 +227,7 @@ def test_demo_short_run_beats_all_background(demo_dir, tmp_path):
     assert metrics["dice_pos"] > 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(CXR_NOTES), reason="../shared/data/cxr-notes not present")
 def test_real_lung_masks_end_to_end(tmp_path):
     from custom.datasets.covid_notes import prepare_covid_notes

@@ -3,8 +3,6 @@ probe, inference, MONAI Label)."""
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import torch
@@ -13,30 +11,15 @@ from torch import nn
 from ..utils import as_optional_path
 from .image_encoder import ImageEncoder
 
+
+def refuse_path(pretrained_ckpt: Any, network: str, builder: str) -> None:
+    """Networks take values, never paths: a checkpoint path here names the builder that loads it."""
+    if as_optional_path(pretrained_ckpt) is not None:
+        raise TypeError(
+            f"{network} reads no checkpoint files (pretrained_ckpt={pretrained_ckpt!r}): use "
+            f"_target_: custom.engines.checkpoints.{builder} (same arguments) to start from a pretraining checkpoint")
+
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
-
-
-def pretrained_image_encoder_name(ckpt: str) -> str:
-    """The image encoder a self-describing pretraining checkpoint was built with (its ``model.json``)."""
-    meta = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "model.json")
-    if not os.path.isfile(meta):
-        raise FileNotFoundError(f"{meta!r} not found: {ckpt!r} is not a self-describing reclf checkpoint")
-    with open(meta, encoding="utf-8") as f:
-        return json.load(f)["image_encoder"]
-
-
-def load_image_tower(encoder: ImageEncoder, ckpt: str) -> None:
-    """Copy the ``image_encoder.*`` weights of a pretraining ``model.pt`` into ``encoder`` (strict)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    prefix = "image_encoder."
-    tower = {k.removeprefix("module.")[len(prefix):]: v for k, v in state.items()
-             if k.removeprefix("module.").startswith(prefix)}
-    if not tower:
-        raise ValueError(f"{ckpt!r} holds no '{prefix}*' weights: not a reclf pretraining checkpoint")
-    try:
-        encoder.load_state_dict(tower, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{ckpt!r}: its image tower does not match {type(encoder).__name__}: {err}") from err
 
 
 class ImageClassifier(nn.Module):
@@ -44,26 +27,24 @@ class ImageClassifier(nn.Module):
 
     Args:
         num_classes: C output logits (one per class; multi-label or multi-class alike).
-        image_encoder: ``resnet18`` | ``resnet50`` ... (ignored when ``pretrained_ckpt`` is given:
-            the checkpoint's own encoder is used).
-        pretrained_ckpt: a ``reclf_pretrain`` ``model.pt`` whose image tower initialises the
-            encoder; ``""`` = random init (the baseline).
+        image_encoder: ``resnet18`` | ``resnet50`` ...
+        pretrained_ckpt: accepted empty only (configs written before the layered package pass
+            ``pretrained_ckpt: ""``); the network reads no files: initialise from a pretraining
+            checkpoint with :func:`custom.engines.checkpoints.build_classifier`.
         freeze_encoder: keep the encoder fixed (linear probing): no gradients, eval-mode batch norm.
 
     Forward: images (B, 1, H, W) in [0, 1] → logits (B, C).
     """
 
-    def __init__(self, num_classes: int, image_encoder: str = "resnet18", pretrained_ckpt: Any = "",
+    def __init__(self, num_classes: int, image_encoder: str = "resnet18", pretrained_ckpt: Any = None,
                  freeze_encoder: bool = True) -> None:
         super().__init__()
-        ckpt = as_optional_path(pretrained_ckpt)
-        name = pretrained_image_encoder_name(ckpt) if ckpt else str(image_encoder)
+        refuse_path(pretrained_ckpt, "ImageClassifier", "build_classifier")
+        name = str(image_encoder)
         if name not in FEATURE_DIMS:
             raise ValueError(f"image_encoder: expected one of {sorted(FEATURE_DIMS)}, got {name!r}")
         self.encoder_name = name
         self.encoder = ImageEncoder(name)
-        if ckpt:
-            load_image_tower(self.encoder, ckpt)
         self.head = nn.Linear(FEATURE_DIMS[name], int(num_classes))
         self.freeze_encoder = bool(freeze_encoder)
         if self.freeze_encoder:

@@ -103,7 +103,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def load_state_dict_strict(model: torch.nn.Module, path: str) -> None:
     """Load a reclf ``model.pt`` strictly, with a message that says what does not match."""
-    from ..checkpoints import load_state
+    from ..engines.checkpoints import load_state
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} not found (run reclf_pretrain/configs/train.yaml first?)")
@@ -117,7 +117,7 @@ def load_state_dict_strict(model: torch.nn.Module, path: str) -> None:
 def save_pretrained(model: torch.nn.Module, tokenizer, directory: str, filename: str = "model.pt") -> str:
     """Write the self-describing checkpoint: ``model.pt`` + ``model.json`` + ``text/``, one verified
     set (:func:`custom.checkpoints.write_checkpoint`: atomic files, ``model.json`` last with hashes)."""
-    from ..checkpoints import write_checkpoint
+    from ..engines.checkpoints import write_checkpoint
 
     net = unwrap(model)
     return write_checkpoint(os.path.join(directory, filename), net.state_dict(), net.build_config, "pretrain",
@@ -128,7 +128,7 @@ def load_pretrained(ckpt: str, device: str | torch.device = "cpu"):
     """Rebuild (model, tokenizer) from a self-describing ``model.pt`` (its ``model.json`` and ``text/``)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..checkpoints import read_meta
+    from ..engines.checkpoints import read_meta
 
     directory = os.path.dirname(os.path.abspath(ckpt))
     meta = read_meta(ckpt, "pretrain")

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import as_bool, as_optional_path
-from .classifier import load_image_tower, pretrained_image_encoder_name
+from ..utils import as_bool
+from .classifier import refuse_path
 from .image_encoder import RESNET_SPECS, ImageEncoder
 
 # the stride-2 stages the decoder climbs back through: stem (H/2), layer1 (H/4), layer2 (H/8),
@@ -53,10 +53,10 @@ class SegUNet(nn.Module):
     the encoder, the part pretraining informs, dominates the cost.
 
     Args:
-        image_encoder: ``resnet18`` | ``resnet34`` | ``resnet50`` (ignored when ``pretrained_ckpt``
-            is given: the checkpoint's own encoder, from its ``model.json``, is used).
-        pretrained_ckpt: a ``reclf_pretrain`` ``model.pt`` whose image tower initialises the
-            encoder; ``""`` = random init (the baseline).
+        image_encoder: ``resnet18`` | ``resnet34`` | ``resnet50``.
+        pretrained_ckpt: accepted empty only (configs written before the layered package pass
+            ``pretrained_ckpt: ""``); the network reads no files: initialise the encoder from a
+            pretraining checkpoint with :func:`custom.engines.checkpoints.build_segmenter`.
         freeze_encoder: keep the encoder fixed: no gradients (nor autograd graph), eval-mode batch
             norm (the pretraining statistics); only the decoder trains.
         out_channels: logit channels (1: one foreground class, sigmoid).
@@ -68,22 +68,20 @@ class SegUNet(nn.Module):
     def __init__(
         self,
         image_encoder: str = "resnet18",
-        pretrained_ckpt: Any = "",
+        pretrained_ckpt: Any = None,
         freeze_encoder: Any = False,
         out_channels: int = 1,
         decoder_channels: Sequence[int] = (128, 64, 32, 16),
     ) -> None:
         super().__init__()
-        ckpt = as_optional_path(pretrained_ckpt)
-        name = pretrained_image_encoder_name(ckpt) if ckpt else str(image_encoder)
+        refuse_path(pretrained_ckpt, "SegUNet", "build_segmenter")
+        name = str(image_encoder)
         if name not in RESNET_SPECS:
             raise ValueError(f"image_encoder: expected one of {sorted(RESNET_SPECS)}, got {name!r}")
         if len(decoder_channels) != 4:
             raise ValueError(f"decoder_channels: expected 4 values (one per decoder block), got {decoder_channels!r}")
         self.encoder_name = name
         self.encoder = ImageEncoder(name)
-        if ckpt:
-            load_image_tower(self.encoder, ckpt)
         self.freeze_encoder = as_bool(freeze_encoder, "freeze_encoder")
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
