@@ -118,7 +118,7 @@ def filler_vocabulary() -> set[str]:
     """Words of the demo's filler sentences that no finding, negation or location phrase uses."""
     import re
 
-    from custom import demo
+    from custom.data.demo import reports as demo  # the report templates and word lists
 
     def words(texts) -> set[str]:
         return {w for t in texts for w in re.findall(r"[a-z]+", t.lower())}

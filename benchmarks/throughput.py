@@ -213,7 +213,7 @@ def run_case(size: str, objective: str, batch: int, steps: int, device: str, thr
     if threads:
         torch.set_num_threads(threads)
     if torch.device(device).type == "cpu":
-        torch.set_flush_denormal(True)  # as PretrainTrainer does on CPU (custom/engine.py)
+        torch.set_flush_denormal(True)  # as PretrainTrainer.run does on CPU (custom/engines/pretrain.py)
     torch.manual_seed(0)
     spec = SIZES[size]
     tokenizer = make_tokenizer()

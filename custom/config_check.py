@@ -76,9 +76,11 @@ def nearest(key: str, known: Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
-def check_keys(config: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigKeyError` naming every unused top-level key and its nearest known key."""
-    unused = unused_keys(config)
+def check_keys(config: Mapping[str, Any], accept: Iterable[str] = ()) -> None:
+    """Raise :class:`ConfigKeyError` naming every unused top-level key (other than ``accept``)
+    and its nearest known key."""
+    accept = set(accept)
+    unused = [k for k in unused_keys(config) if k not in accept]
     if not unused:
         return
     # the vocabulary counts as known even where a config does not define it: `--epoch` names `epochs`
@@ -107,9 +109,34 @@ def _active_config() -> Mapping[str, Any] | None:
     return None
 
 
+def _own_keys() -> set[str] | None:
+    """Top-level keys the config *files* of the running ``monai.bundle run`` define (read again
+    from the ``config_file`` of MONAI's ``create_workflow`` frame); None if not found."""
+    from monai.bundle import ConfigParser
+
+    for frame_info in inspect.stack(context=0):
+        if frame_info.function != "create_workflow":
+            continue
+        files = frame_info.frame.f_locals.get("config_file")
+        if files is None:
+            return None
+        try:
+            return set(ConfigParser.load_config_files(files))
+        except Exception:  # unreadable here means MONAI already read it: fall back to the strict check
+            return None
+    return None
+
+
 def check_config_keys() -> None:
-    """``initialize`` item of every bundle config: refuse unused top-level keys (see module doc)."""
+    """``initialize`` item of every bundle config: refuse unused top-level keys (see module doc).
+
+    A key the config files define themselves is not refused even when nothing uses it any more:
+    an outside tool may have overridden the nested item that used it (MONAI Label replaces
+    ``train#dataset#data``, so ``train_items`` goes unused). What is refused is a key that came
+    from outside the files, a command-line ``--key``, and that nothing reads.
+    """
     config = _active_config()
     if config is None:
         raise RuntimeError("check_config_keys: no MONAI config parser on the call stack (call it from a bundle config)")
-    check_keys(config)
+    own = _own_keys()
+    check_keys(config) if own is None else check_keys(config, accept=own)

@@ -55,7 +55,7 @@ def test_typos_of_training_keys_name_the_key_meant(typo, meant, tiny_datalist, t
         ("grad_accumulation", 0, "grad_accumulation: expected an integer >= 1, got 0"),
         ("image_size", -64, "image_size: expected an integer >= 8, got -64"),
         ("num_workers", -1, "num_workers: expected an integer >= 0, got -1"),
-        ("max_length", 0, "max_length: expected an integer >= 2, got 0"),
+        ("max_length", 0, "max_length: expected at least 3 tokens ([CLS] word [SEP]), got 0"),
     ],
 )
 def test_pretraining_refuses_sizes_that_train_nothing(key, value, expected, tiny_datalist, tmp_path):

@@ -43,7 +43,8 @@ def _square_pixels(array: np.ndarray, row_spacing: float, column_spacing: float)
     size = (max(1, round(h * ratio)), w) if ratio > 1 else (h, max(1, round(w / ratio)))
     resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(array))[None, None], size=size,
                                               mode="bilinear", align_corners=False)
-    return resized[0, 0].numpy().astype(np.float32)
+    # bilinear weights sum to 1 only up to rounding: keep the documented [0, 1] range exact
+    return resized[0, 0].clamp_(0.0, 1.0).numpy().astype(np.float32)
 
 
 def _dicom_spacing(ds) -> tuple[float, float] | None:

@@ -142,7 +142,7 @@ def cap_model_max_length(tokenizer, text_encoder: str | None = None, init_ckpt: 
 
 def token_limit(tokenizer, max_length: int) -> int:
     """``max_length`` capped by the tokenizer's limit (logged once when it is lowered)."""
-    max_length = as_int(max_length, "max_length", minimum=2)
+    max_length = as_int(max_length, "max_length")
     if max_length < 3:
         raise ValueError(f"max_length: expected at least 3 tokens ([CLS] word [SEP]), got {max_length}")
     limit = tokenizer.model_max_length

@@ -302,13 +302,25 @@ def load_classifier_weights(network: torch.nn.Module, ckpt: str) -> None:
 # ---- downstream networks on a pretraining checkpoint's image tower ----------------------
 
 
-def pretrained_image_encoder_name(ckpt: str) -> str:
-    """The image encoder a self-describing pretraining checkpoint was built with (its ``model.json``)."""
+def pretrained_image_encoder_name(ckpt: str, needs_stage: str | None = None) -> str:
+    """The image encoder a self-describing pretraining checkpoint was built with (its ``model.json``).
+
+    ``needs_stage``: the deepest ResNet stage the downstream network uses. A checkpoint pretrained
+    with a truncated tower (``image_global_layer`` before it: those stages never trained) is
+    refused rather than silently used with random deep stages."""
     meta = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "model.json")
     if not os.path.isfile(meta):
         raise FileNotFoundError(f"{meta!r} not found: {ckpt!r} is not a self-describing reclf checkpoint")
     with open(meta, encoding="utf-8") as f:
-        return json.load(f)["image_encoder"]
+        content = json.load(f)
+    trained_to = content.get("image_global_layer", "layer4")
+    if needs_stage is not None and trained_to < needs_stage:  # "layer1" < ... < "layer4"
+        raise ValueError(
+            f"{ckpt!r} was pretrained with image_global_layer={trained_to!r}: its stages after {trained_to} never "
+            f"trained, and this network uses them up to {needs_stage}. Pretrain with the default "
+            "image_global_layer: layer4 for downstream use"
+        )
+    return content["image_encoder"]
 
 
 def load_image_tower(encoder: torch.nn.Module, ckpt: str) -> None:
@@ -341,7 +353,7 @@ def build_classifier(num_classes: int, image_encoder: str = "resnet18", pretrain
     from ..nets.classifier import ImageClassifier
 
     ckpt = as_optional_path(pretrained_ckpt)
-    net = ImageClassifier(num_classes, pretrained_image_encoder_name(ckpt) if ckpt else image_encoder,
+    net = ImageClassifier(num_classes, pretrained_image_encoder_name(ckpt, "layer4") if ckpt else image_encoder,
                           freeze_encoder=freeze_encoder)
     if ckpt:
         load_image_tower(net.encoder, ckpt)
@@ -360,7 +372,7 @@ def build_segmenter(image_encoder: str = "resnet18", pretrained_ckpt: Any = "", 
     from ..nets.seg_unet import SegUNet
 
     ckpt = as_optional_path(pretrained_ckpt)
-    net = SegUNet(pretrained_image_encoder_name(ckpt) if ckpt else image_encoder, freeze_encoder=freeze_encoder,
+    net = SegUNet(pretrained_image_encoder_name(ckpt, "layer4") if ckpt else image_encoder, freeze_encoder=freeze_encoder,
                   out_channels=out_channels, decoder_channels=decoder_channels)
     if ckpt:
         load_image_tower(net.encoder, ckpt)

@@ -105,6 +105,9 @@ class ImageEncoder(nn.Module):
         if STAGES.index(global_layer) < STAGES.index(local_layer):
             raise ValueError(f"image_global_layer {global_layer!r} comes before image_local_layer {local_layer!r}")
         self.local_layer, self.global_layer = local_layer, global_layer
+        # stage numbers (1..4) as plain ints: TorchScript (the exported inference network) can
+        # neither index a global tuple nor getattr a stage by name
+        self.local_stage, self.global_stage = STAGES.index(local_layer) + 1, STAGES.index(global_layer) + 1
         channels = stage_channels(name)
         self.local_channels, self.global_channels = channels[local_layer], channels[global_layer]
         weights = as_optional_path(weights)
@@ -119,9 +122,18 @@ class ImageEncoder(nn.Module):
         x = net.act(net.bn1(net.conv1(x)))
         if not net.no_max_pool:
             x = net.maxpool(x)
-        local = None
-        for stage in STAGES[: STAGES.index(self.global_layer) + 1]:
-            x = getattr(net, stage)(x)
-            if stage == self.local_layer:
+        x = net.layer1(x)
+        local = x
+        if self.global_stage >= 2:
+            x = net.layer2(x)
+            if self.local_stage == 2:
                 local = x
+            if self.global_stage >= 3:
+                x = net.layer3(x)
+                if self.local_stage == 3:
+                    local = x
+                if self.global_stage >= 4:
+                    x = net.layer4(x)
+                    if self.local_stage == 4:
+                        local = x
         return {"global": F.adaptive_avg_pool2d(x, 1).flatten(1), "local": local}

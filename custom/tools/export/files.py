@@ -97,6 +97,9 @@ def _check_checkpoint(weights: str, need_text: bool, what: str) -> None:
                                 "(train.yaml writes them next to model.pt)")
     from ...engines.checkpoints import read_meta
 
+    for current, folders, files in os.walk(src_dir):  # links first: their message says what to fix
+        for name in folders + files:
+            _refuse_link(os.path.join(current, name))
     read_meta(weights)  # the parts must be one verified set before they are packaged
 
 
