@@ -641,8 +641,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def setup_benchmark_process(threads: int) -> None:
+    """Offline, quiet tokenizers, passive OpenMP waits, ``threads`` torch threads: the process set-up
+    every study command shares (call before torch is imported anywhere else)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # idle OpenMP threads sleep instead of spinning: on a shared, oversubscribed machine spinning
@@ -650,12 +651,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    torch.set_num_threads(int(args.threads))
-    settings = default_settings(args.dataset)
+    torch.set_num_threads(int(threads))
+
+
+def override_settings(settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``settings`` with every command-line value that was given (not None) put in."""
     for key in list(settings):
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    setup_benchmark_process(args.threads)
+    settings = override_settings(default_settings(args.dataset), args)
     unknown = [a for a in settings["arms"] if a not in ARMS]
     if unknown:
         raise ValueError(f"--arms: unknown arm(s) {unknown}; choose from {list(ARMS)}")

