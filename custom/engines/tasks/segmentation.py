@@ -51,7 +51,7 @@ from ...data.labels import stratified_subset
 from ...metrics import dice_iou, nan_to_none
 from ...nets.factory import unwrap
 from ...nets.seg_unet import SegUNet
-from ...utils import as_bool, as_choice, as_optional_path, atomic_torch_save, atomic_write_text, autocast, epoch_seed
+from ...utils import as_bool, as_choice, as_int, as_optional_path, atomic_write_text, autocast, epoch_seed
 
 logger = logging.getLogger("reclf")
 
@@ -281,12 +281,9 @@ def _int_or_auto(value: Any, name: str) -> int | None:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or (isinstance(value, float) and value != number):
-        raise ValueError(f"{name}: expected a positive int or 'auto', got {value!r}")
-    return number
+        return as_int(value, name, minimum=1)
+    except ValueError:
+        raise ValueError(f"{name}: expected a positive int or 'auto', got {value!r}") from None
 
 
 def resolve_epochs(epochs: Any, train_samples: int, n_train: int) -> int:
