@@ -295,7 +295,7 @@ def build_cache(
 
     It goes through :func:`custom.data.decode_images` with the very transform the training uses
     (:func:`custom.data.image_transform` for ``task=pretrain`` — also the classification bundle's
-    images — or :func:`custom.segmentation.pair_transform` for ``task=seg``, image + mask), so it
+    images — or :func:`custom.data.segmentation.pair_transform` for ``task=seg``, image + mask), so it
     writes exactly the keys a run with the same ``image_size`` looks up.
 
     Returns ``{"items", "decoded", "seconds", "files", "bytes", "temp_files"}`` (``decoded``: records
@@ -313,7 +313,7 @@ def build_cache(
     # pretraining items, and the same key per image
     items = load_datalist(datalist, dataset_dir, split, require=("image",), missing="skip")
     if task == "seg":
-        from ..engines.tasks.segmentation import pair_transform, with_masks
+        from .segmentation import pair_transform, with_masks
 
         records = [{**it["item"], "image": it["image"], "label": it["label"]} for it in with_masks(items)]
         transform, fields, noun = pair_transform(size), ("image", "label"), "image/mask pair"
