@@ -203,6 +203,11 @@ def test_missing_pretrained_warns_and_probes_label_fraction_with_seeds(tiny_data
     run_bundle(EVALUATE, dataset_dir=str(tmp_path), datalist=datalist, output_dir=out, **CPU)
     metrics = read_json_strict(os.path.join(out, "eval", "metrics.json"))
     assert metrics["auroc/cardiomegaly"] is None and metrics["n_samples"] == 32
+    # evaluate.yaml over train.yaml (the model-zoo overlay form) writes the same file
+    overlay = str(tmp_path / "overlay.json")
+    run_bundle([TRAIN, EVALUATE], dataset_dir=str(tmp_path), datalist=datalist, output_dir=out,
+               metrics_file=overlay, **CPU)
+    assert read_json_strict(overlay) == metrics
     assert metrics["label_fraction"] == 0.1 and metrics["label_seed"] == 0 and metrics["label_seeds"] == [0, 1, 2]
     run_bundle(EVALUATE, dataset_dir=str(tmp_path), datalist=datalist, output_dir=out, eval_split="all", **CPU)
     metrics = read_json_strict(os.path.join(out, "eval", "metrics.json"))

@@ -197,6 +197,36 @@ def test_label_fraction_frozen_encoder_run_and_evaluate(fraction_run):
     assert "--image_size 64" in exception_text(err.value)
 
 
+def test_evaluate_overlay_equals_standalone_and_a_plain_reference(fraction_run, tmp_path):
+    """evaluate.yaml alone, evaluate.yaml over train.yaml (the model-zoo overlay) and a plain loop
+    (strict load, batched logits, dice_iou) give the same numbers."""
+    from custom.data import load_datalist
+    from custom.metrics import dice_iou
+    from custom.nets.seg_unet import SegUNet
+    from custom.segmentation import SegDataset
+
+    out, datalist = fraction_run["out"], fraction_run["datalist"]
+    alone, merged = str(tmp_path / "alone.json"), str(tmp_path / "merged.json")
+    run_bundle(EVALUATE, dataset_dir="", datalist=datalist, output_dir=out, device="cpu", metrics_file=alone)
+    run_bundle([TRAIN, EVALUATE], dataset_dir="", datalist=datalist, output_dir=out, device="cpu",
+               metrics_file=merged)
+    a, b = read_json_strict(alone), read_json_strict(merged)
+    assert a == b
+    meta = read_json_strict(os.path.join(out, "models", "model.json"))
+    net = SegUNet(meta["image_encoder"]).eval()
+    net.load_state_dict(torch.load(os.path.join(out, "models", "model.pt"), weights_only=True), strict=True)
+    data = SegDataset(load_datalist(datalist, "", "test", require=["image"], missing="skip"), 64)
+    with torch.no_grad():
+        logits = torch.cat([net(data.images[i:i + 5]) for i in range(0, len(data), 5)])
+    truth = data.masks.bool()
+    dice, iou = dice_iou(torch.sigmoid(logits) >= 0.5, truth)
+    positive = truth.flatten(1).any(1).numpy()
+    assert a["n_samples"] == len(data) and a["n_pos"] == int(positive.sum())
+    assert a["dice"] == pytest.approx(float(dice.mean()), abs=1e-6)
+    assert a["iou"] == pytest.approx(float(iou.mean()), abs=1e-6)
+    assert a["dice_pos"] == pytest.approx(float(dice[positive].mean()), abs=1e-6)
+
+
 def test_evaluate_without_checkpoint_says_train_first(tmp_path, tiny_datalist):
     with pytest.raises(Exception) as err:
         run_bundle(EVALUATE, datalist=tiny_datalist, output_dir=str(tmp_path), device="cpu")

@@ -377,3 +377,19 @@ def build_segmenter(image_encoder: str = "resnet18", pretrained_ckpt: Any = "", 
     if ckpt:
         load_image_tower(net.encoder, ckpt)
     return net
+
+
+def network_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
+    """The untrained network a downstream ``model.json`` describes (``network``: ``SegUNet`` |
+    ``ImageClassifier``, its encoder and output size); the evaluate configs load the weights into it
+    with MONAI's ``CheckpointLoader``."""
+    name = meta.get("network")
+    if name == "SegUNet":
+        from ..nets.seg_unet import SegUNet
+
+        return SegUNet(meta["image_encoder"], out_channels=int(meta.get("out_channels", 1)))
+    if name == "ImageClassifier" or (name is None and "class_names" in meta):
+        from ..nets.classifier import ImageClassifier
+
+        return ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"])
+    raise CheckpointError(f"model.json names network {name!r}: expected SegUNet or ImageClassifier")

@@ -1,14 +1,18 @@
-"""Ignite handlers the bundle configs attach: validation, checkpoint export, progress bar."""
+"""Ignite handlers the bundle configs attach: validation, checkpoint export, metrics file, progress bar."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ignite.engine import Engine, Events
 
 from ..distributed import is_main_process
 from .encode import retrieval_metrics
-from ..utils import as_amp
+from ..utils import as_amp, json_safe, write_json
 
 logger = logging.getLogger("reclf")
 
@@ -52,6 +56,45 @@ class ExportPretrained:
 
         if is_main_process():
             save_pretrained(self.network, self.tokenizer, self.save_dir)
+
+
+class MetricsWriter:
+    """Ignite handler: when an evaluation run completes, its scalar ``engine.state.metrics`` (a dict
+    metric contributes its items), then ``extra``, then the ``meta_keys`` of ``meta`` (a checkpoint's
+    ``model.json``) as one flat JSON file, ``output`` (rank 0, atomic; NaN → null), logged and printed.
+
+    The one writer of the evaluate configs' ``metrics.json``.
+    """
+
+    def __init__(self, output: str, extra: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
+                 meta_keys: Sequence[str] = ()) -> None:
+        self.output = output
+        self.extra = dict(extra or {})
+        self.meta, self.meta_keys = dict(meta or {}), list(meta_keys)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def metrics(self, engine: Engine) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in engine.state.metrics.items():
+            if isinstance(value, Mapping):
+                continue  # its items are in engine.state.metrics already (ignite flattens dict metrics)
+            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+                value = value.item()
+            if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                out[name] = None if isinstance(value, float) and math.isnan(value) else value
+        out.update(self.extra)
+        out.update({k: self.meta.get(k) for k in self.meta_keys})
+        return json_safe(out)
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        metrics = self.metrics(engine)
+        write_json(metrics, self.output)
+        logger.info("wrote %s: %s", self.output, json.dumps(metrics))
+        print(json.dumps(metrics, indent=2), flush=True)
 
 
 class LossHistory:

@@ -33,21 +33,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ....data.datasets import load_datalist
 from ....distributed import is_distributed, is_main_process
-from ...checkpoints import load_classifier_weights, require_classifier
 from ...checkpoints import write_checkpoint
-from ...checkpoints import read_model_meta
-from ...encode import ImageItems
 from ....data import labels
 from ....metrics import classification_metrics, nan_to_none
-from ....nets.classifier import ImageClassifier
 from ....nets.factory import unwrap
 from ....data.textfiles import read_json
-from ....utils import as_bool, as_int, as_optional_path, autocast, seed_everything, write_json
+from ....utils import as_bool, as_int, as_optional_path, seed_everything, write_json
 from ....data.labels import stratified_subset
 from ...encode import encode_image_features
 from ...encode import encode_image_features as extract_features  # noqa: F401 (the old name)
+from .evaluation import ClassificationReport, LabelledImages  # noqa: F401 (evaluate.yaml's pieces)
 from .head import METRIC_KEYS, BestValidationHead, HeadTrainer, fold_standardisation, probabilities
 from .head import FeatureBatches, masked_bce_with_logits, probe_loss  # noqa: F401 (custom.linear_probe.*: old names)
 
@@ -267,63 +263,3 @@ class LinearProbe:
             out.update({prefix + k: v for k, v in record.items() if k in keys or k in ("n_train", "best_epoch")
                         or k.startswith("val_")})
         return nan_to_none(out)
-
-
-class ProbeEvaluator:
-    """``evaluate.yaml``: a linear-probe ``model.pt`` (+ its ``model.json``) on ``eval_split``,
-    written to ``output`` as flat JSON: ``acc``, ``macro_f1``, ``auroc_mean``, ``auroc/<class>``,
-    ``n_samples``, ``eval_split``, ``checkpoint`` and the probe's ``label_fraction``,
-    ``label_seed(s)``, ``n_train``, ``pretrained_ckpt`` (from ``model.json``)."""
-
-    def __init__(self, ckpt: str, datalist: str, dataset_dir: str, output: str, eval_split: str = "test",
-                 image_size: int = 64, batch_size: int = 64, num_workers: int = 0, device: str = "cpu",
-                 amp: Any = False, bad_images: str = "error") -> None:
-        self.ckpt = ckpt
-        self.datalist, self.dataset_dir = datalist, dataset_dir
-        self.output = output
-        self.eval_split = str(eval_split)
-        self.image_size, self.batch_size, self.num_workers = int(image_size), int(batch_size), int(num_workers)
-        self.device = torch.device(device)
-        self.amp = as_bool(amp, "amp")
-        self.bad_images = bad_images
-
-    def load(self) -> tuple[ImageClassifier, dict[str, Any]]:
-        """The classifier (strict load) and its ``model.json``."""
-        ckpt = require_classifier(self.ckpt)
-        meta = read_model_meta(ckpt, self.image_size, "linear_probe")
-        net = ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"])
-        load_classifier_weights(net, ckpt)
-        return net.to(self.device).eval(), meta
-
-    @torch.no_grad()
-    def run(self) -> dict[str, Any]:
-        net, meta = self.load()
-        names, multi_label = meta["class_names"], bool(meta["multi_label"])
-        items = load_datalist(self.datalist, self.dataset_dir, self.eval_split, require=["image", "labels"],
-                              missing="skip")
-        if not items:
-            raise ValueError(f"datalist {self.datalist!r} has no labelled items in split {self.eval_split!r}")
-        if not multi_label:
-            listed = label_info(self.datalist, items)["class_names"]
-            if listed != names:
-                raise ValueError(f"datalist label_names {listed} differ from the probe's classes {names}")
-        dataset = ImageItems(items, self.image_size, bad_images=self.bad_images)
-        targets = label_targets(dataset.items, names, multi_label)
-        if multi_label and (targets == -1).all():
-            raise ValueError(f"the {self.eval_split!r} items of {self.datalist!r} label none of the probe's classes {names}")
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                             num_workers=self.num_workers)
-        logits = []
-        for batch in loader:
-            with autocast(self.device, self.amp):
-                logits.append(net(batch["image"].to(self.device)).float().cpu())
-        scores = probabilities(torch.cat(logits), multi_label).numpy()
-        metrics: dict[str, Any] = classification_metrics(scores, targets, names, multi_label)
-        metrics.update(eval_split=self.eval_split, checkpoint=os.path.abspath(self.ckpt),
-                       **{k: meta.get(k) for k in ("label_fraction", "label_seed", "label_seeds", "n_train",
-                                                  "pretrained_ckpt", "image_encoder")})
-        metrics = nan_to_none(metrics)
-        write_json(metrics, self.output)
-        logger.info("wrote %s: %s", self.output, json.dumps(metrics))
-        print(json.dumps(metrics, indent=2))
-        return metrics

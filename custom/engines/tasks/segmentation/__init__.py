@@ -2,7 +2,7 @@
 
 - :mod:`custom.data.segmentation`: image/mask pairs (reading, geometry, datasets, loaders);
 - :mod:`.training`: schedule, loss, per-image Dice/IoU metric, validation handlers, checkpoint;
-- :mod:`.evaluation`: ``evaluate.yaml``'s scorer of a trained ``model.pt``;
+- :mod:`.evaluation`: the trained ``model.pt`` as ``evaluate.yaml`` / ``inference.yaml`` load it;
 - :mod:`.inference`: the MONAI Label pieces (masks in the input's own geometry).
 
 The bundles name these as ``custom.segmentation.X`` (an alias of this package), so the names are
@@ -22,7 +22,7 @@ from ....data.segmentation import (
     seg_loader,
     with_masks,
 )
-from .evaluation import SegEvaluator, load_segmenter_weights, predict_logits, require_segmenter
+from .evaluation import load_segmenter_weights, require_segmenter
 from .inference import (
     LoadRadiographMetad,
     RecordResizedShaped,
@@ -46,8 +46,8 @@ from .training import (
 
 __all__ = [
     "MASK_KEYS", "THRESHOLD", "TRAIN_FIRST", "VAL_SHARE", "Binarized", "LoadImageMaskd", "LoadRadiographMetad",
-    "RecordResizedShaped", "RestoreGeometryd", "SaveBestSegmentation", "SegDataset", "SegEvaluator", "SegMetric",
+    "RecordResizedShaped", "RestoreGeometryd", "SaveBestSegmentation", "SegDataset", "SegMetric",
     "SegPredictor", "ValidateEvery", "augment_pairs", "decode_pairs", "inference_transform", "load_segmenter_weights",
-    "mask_path", "pair_transform", "predict_logits", "read_mask", "require_segmenter", "resolve_epochs",
+    "mask_path", "pair_transform", "read_mask", "require_segmenter", "resolve_epochs",
     "resolve_val_interval", "save_segmenter", "seg_loader", "seg_loss", "with_masks",
 ]

@@ -100,9 +100,11 @@ def _summary(dice: np.ndarray, iou: np.ndarray, positive: np.ndarray) -> dict[st
 class SegMetric(Metric):
     """Ignite metric over an evaluator's ``(pred logits (B, 1, H, W), label (B, 1, H, W))`` output:
     per-image ``dice`` | ``dice_pos`` | ``iou`` | ``iou_pos`` at sigmoid >= 0.5, averaged (NaN when
-    undefined: no image, or no non-empty mask for the ``_pos`` kinds)."""
+    undefined: no image, or no non-empty mask for the ``_pos`` kinds); ``summary``: all four with
+    ``n_samples`` and ``n_pos`` as one dict (ignite puts its items into ``engine.state.metrics``;
+    undefined values are None there)."""
 
-    KINDS = ("dice", "dice_pos", "iou", "iou_pos")
+    KINDS = ("dice", "dice_pos", "iou", "iou_pos", "summary")
 
     def __init__(self, kind: str = "dice", output_transform: Callable = lambda out: (out["pred"], out["label"]),
                  device: str | torch.device = "cpu") -> None:
@@ -122,7 +124,11 @@ class SegMetric(Metric):
         self._iou.append(iou)
         self._pos.append(truth.flatten(1).any(1).numpy())
 
-    def compute(self) -> float:
+    def compute(self) -> float | dict[str, Any]:
+        if self.kind == "summary":
+            empty = np.zeros(0)
+            parts = (self._dice, self._iou, self._pos) if self._dice else ([empty], [empty], [empty.astype(bool)])
+            return _summary(*(np.concatenate(p) for p in parts))
         if not self._dice:
             return float("nan")
         value = _summary(np.concatenate(self._dice), np.concatenate(self._iou), np.concatenate(self._pos))[self.kind]
