@@ -373,7 +373,7 @@ class EvidenceStudy:
         """Every curve metric of one checkpoint on the evaluation split (flat dict)."""
         import torch
 
-        from custom.nets.factory import load_pretrained
+        from custom.engines.pretrained import load_pretrained
         from custom.visualize import add_finding_masks, collect_evidence, grounding_from_records
         from custom.zero_shot import PairScorer, prompt_metrics
 
@@ -570,14 +570,25 @@ def plot_curves(summary: Mapping[str, Mapping[str, Any]], path: str, title: str)
 
 
 def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str,
-                  command: str, plot: bool = True, name: str = "evidence_demo") -> dict[str, Any]:
-    """``<name>.json`` / ``.md`` (/ ``.png``) under ``out_dir``; returns the JSON object."""
+                  command: str, plot: bool = True, name: str = "evidence_demo",
+                  merge: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """``<name>.json`` / ``.md`` (/ ``.png``) under ``out_dir``; returns the JSON object. ``merge``: earlier
+    outputs (see :func:`read_earlier_output`) whose arms this run does not hold are carried over as they are."""
     from custom.metrics import nan_to_none
     from custom.utils import atomic_write_text
 
     summary = summarise_curves(results)
-    obj = {"command": command, "settings": dict(settings), "summary": summary,
-           "runs": {arm: [{"seed": r["seed"], "pretrain": r["pretrain"]} for r in runs] for arm, runs in results.items()}}
+    runs = {arm: [{"seed": r["seed"], "pretrain": r["pretrain"], "curve": r["curve"]} for r in rs]
+            for arm, rs in results.items()}
+    settings = dict(settings)
+    for earlier in merge or ():  # arms aggregated by an earlier process of the same study
+        for arm, s in earlier["summary"].items():
+            if arm not in summary:
+                summary[arm], runs[arm] = s, earlier["runs"][arm]
+    order = list(all_arms())
+    summary = {arm: summary[arm] for arm in sorted(summary, key=order.index)}
+    settings["arms"] = list(summary)
+    obj = {"command": command, "settings": settings, "summary": summary, "runs": {arm: runs[arm] for arm in summary}}
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)
     atomic_write_text(json.dumps(_rounded(nan_to_none(obj)), indent=None, separators=(",", ":")) + "\n", base + ".json")
@@ -598,6 +609,18 @@ def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Ma
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+
+
+def read_earlier_output(path: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """An earlier ``evidence_demo.json`` to merge; refuses one made with other settings (arms aside)."""
+    with open(path, encoding="utf-8") as f:
+        earlier = json.load(f)
+    mine = {k: v for k, v in settings.items() if k != "arms"}
+    theirs = {k: v for k, v in earlier.get("settings", {}).items() if k != "arms"}
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ValueError(f"{path}: made with other settings ({', '.join(diff)}); merge only outputs of the same study")
+    return earlier
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -621,6 +644,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aggregate_only", action="store_true", help="only aggregate what the cache holds")
     p.add_argument("--partial", action="store_true", help="aggregate unfinished runs' snapshots too")
     p.add_argument("--no_plot", action="store_true")
+    p.add_argument("--merge", type=_str_list, default=[],
+                   help="earlier outputs (.json) of the same settings whose other arms join this table")
     return p.parse_args(argv)
 
 
@@ -637,7 +662,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         study.run_all()
     results = study.collect(settings["arms"], settings["seeds"], partial=args.partial)
     command = "python -m benchmarks.evidence " + " ".join(sys.argv[1:] if argv is None else argv)
-    obj = write_outputs(settings, results, args.out, command.strip(), plot=not args.no_plot, name=args.name)
+    merge = [read_earlier_output(path, settings) for path in args.merge]
+    obj = write_outputs(settings, results, args.out, command.strip(), plot=not args.no_plot, name=args.name, merge=merge)
     logging.getLogger("reclf").info("evidence written to %s", os.path.join(args.out, args.name))
     with open(os.path.join(args.out, f"{args.name}.md"), encoding="utf-8") as f:
         print(f.read())

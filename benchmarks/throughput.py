@@ -4,7 +4,7 @@
                                     [--objectives convirt,gloria,reclf,reclf_topk] [--pipeline]
 
 One *step* is what :class:`custom.engine.PretrainTrainer` does per iteration: forward of
-``custom.nets.factory.build_reclf_model``'s network, ``custom.losses.PretrainLoss``, backward,
+``custom.engines.pretrained.build_reclf_model``'s network, ``custom.losses.PretrainLoss``, backward,
 gradient clipping and an AdamW step from ``custom.optim.build_optimizer``, wired as
 ``bundles/reclf_pretrain/configs/train.yaml`` wires them. Sizes:
 
@@ -116,7 +116,7 @@ def build_step(size: str | dict, objective: str, tokenizer, device: str = "cpu",
     """(network, loss, optimizer) for a size (a :data:`SIZES` name or such a dict) and objective,
     wired as train.yaml wires them."""
     from custom.losses import PretrainLoss
-    from custom.nets.factory import build_reclf_model
+    from custom.engines.pretrained import build_reclf_model
     from custom.optim import build_optimizer
 
     spec = SIZES[size] if isinstance(size, str) else size

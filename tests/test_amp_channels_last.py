@@ -30,7 +30,7 @@ def test_amp_rules_per_device() -> None:
 
 def _tiny():
     from custom.losses import PretrainLoss
-    from custom.nets.factory import build_reclf_model
+    from custom.engines.pretrained import build_reclf_model
     from custom.optim import build_optimizer
     from custom.text import encode_reports, report_key, train_wordpiece
 

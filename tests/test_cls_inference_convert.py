@@ -302,7 +302,7 @@ def _reference_bert(src: dict[str, torch.Tensor], prefix: str, layers: int):
 def test_convert_gloria(tmp_path, gloria_state, text_dir):
     from custom.convert import convert_checkpoint
     from custom.downstream import ImageItems, encode_images, encode_texts
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     hparams = {"lr": 5e-5, "model": {"text": {"last_n_layers": 4}}}  # plain containers: weights_only loads it
     ckpt = _save_ckpt(tmp_path / "chexpert_resnet50.ckpt", gloria_state, hparams)
@@ -355,7 +355,7 @@ def test_convert_gloria(tmp_path, gloria_state, text_dir):
 
 def test_convert_mgca(tmp_path, mgca_state, text_dir):
     from custom.convert import convert_checkpoint
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     ckpt = _save_ckpt(tmp_path / "resnet_50.ckpt", mgca_state, {"img_encoder": "resnet_50", "emb_dim": 16})
     info = convert_checkpoint("mgca", ckpt, str(tmp_path / "out"), text_dir=text_dir)

@@ -137,7 +137,7 @@ def test_scores_do_not_depend_on_the_other_test_images(pretrained, tiny_datalist
     and ``combined`` is the mean of the scaled global and local terms."""
     from custom.data import load_datalist
     from custom.downstream import ImageItems
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
     from custom.zero_shot import PairScorer
 
     model, tokenizer = load_pretrained(os.path.join(pretrained, "models", "model.pt"))
@@ -159,7 +159,7 @@ def test_gloria_sum_pooling_is_length_corrected(pretrained, tiny_datalist):
     """GLoRIA's log-sum-exp over words grows with the phrase length: zero-shot subtracts log(#words)."""
     from custom.data import load_datalist
     from custom.downstream import ImageItems, encode_images
-    from custom.nets.factory import build_reclf_model, load_pretrained
+    from custom.engines.pretrained import build_reclf_model, load_pretrained
     from custom.zero_shot import PairScorer
 
     _, tokenizer = load_pretrained(os.path.join(pretrained, "models", "model.pt"))
@@ -176,7 +176,7 @@ def test_gloria_sum_pooling_is_length_corrected(pretrained, tiny_datalist):
 
 
 def test_convirt_checkpoint_scores_global_only(tmp_path, pretrained, tiny_datalist):
-    from custom.nets.factory import build_reclf_model, load_pretrained, save_pretrained
+    from custom.engines.pretrained import build_reclf_model, load_pretrained, save_pretrained
 
     _, tokenizer = load_pretrained(os.path.join(pretrained, "models", "model.pt"))
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ def test_missing_checkpoint_says_pretrain_first(tmp_path, tiny_datalist, config)
 @pytest.fixture(scope="module")
 def random_init(pretrained_demo, tmp_path_factory) -> str:
     """The same architecture and tokenizer with random weights (the baseline zero-shot must beat)."""
-    from custom.nets.factory import build_reclf_model, load_pretrained, save_pretrained
+    from custom.engines.pretrained import build_reclf_model, load_pretrained, save_pretrained
 
     model, tokenizer = load_pretrained(pretrained_demo)
     config = model.build_config

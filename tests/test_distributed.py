@@ -53,7 +53,7 @@ def _tokenizer():
 
 
 def _model(objective: str, tokenizer):
-    from custom.nets.factory import build_reclf_model
+    from custom.engines.pretrained import build_reclf_model
 
     torch.manual_seed(0)  # the same initial weights in every process
     return build_reclf_model(tokenizer, "resnet18", text_config=TEXT_CONFIG, objective=objective, embed_dim=16,

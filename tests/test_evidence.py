@@ -99,7 +99,7 @@ def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
     run = os.path.join(cache, "reclf", "seed0")
     meta = json.load(open(os.path.join(run, "ckpts", "epoch002", "model.json"), encoding="utf-8"))
     assert (meta["image_local_layer"], meta["image_global_layer"]) == ("layer1", "layer2")
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     model, _ = load_pretrained(os.path.join(run, "ckpts", "epoch002", "model.pt"))
     assert model.image_encoder.local_layer == "layer1"
@@ -142,7 +142,7 @@ def test_srm_locality_option_off_by_default_and_a_distance_prior_when_on():
 
 def test_reclf_model_passes_srm_locality_and_rebuilds_it(tmp_path):
     from benchmarks.throughput import make_batch, make_tokenizer
-    from custom.nets.factory import build_reclf_model, load_pretrained, save_pretrained
+    from custom.engines.pretrained import build_reclf_model, load_pretrained, save_pretrained
 
     tokenizer = make_tokenizer()
     torch.manual_seed(0)

@@ -133,7 +133,7 @@ def _ts_matches(root: str, reference: torch.nn.Module, shape: tuple[int, ...]) -
 
 @pytest.mark.slow
 def test_pretrain_export_runs_anywhere_and_matches_the_repository(exports, tmp_path):
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     root = _ran(exports, "reclf_pretrain")
     assert exports["report"]["reclf_pretrain"]["done"] == ["inference.yaml", "evaluate.yaml", "verify_net_in_out",

@@ -11,7 +11,7 @@ import torch
 
 from custom.accumulation import accumulated_backward
 from custom.losses import PretrainLoss
-from custom.nets.factory import build_reclf_model
+from custom.engines.pretrained import build_reclf_model
 from custom.optim import PRETRAINED_LR, build_optimizer, parameter_groups, resolve_part_settings
 from custom.text import encode_reports, token_limit, train_wordpiece
 

@@ -12,7 +12,7 @@ from custom.data import PretrainDataset, load_datalist, make_loader
 from custom.engine import PretrainTrainer
 from custom.evaluation import retrieval_metrics
 from custom.losses import PretrainLoss
-from custom.nets.factory import build_reclf_model
+from custom.engines.pretrained import build_reclf_model
 from custom.optim import warmup_scheduler
 from custom.text import prepare_tokenizer
 

@@ -234,7 +234,7 @@ REPORTS = [
 @pytest.fixture(scope="module")
 def tiny_towers():
     """A WordPiece tokenizer, a tiny BERT and a resnet18 built once for the model-level tests."""
-    from custom.nets.factory import build_reclf_model
+    from custom.engines.pretrained import build_reclf_model
     from custom.text import encode_reports, report_key, train_wordpiece
 
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ def test_metadata_has_model_zoo_fields():
 
 
 def test_train_writes_self_describing_checkpoint(pretrained):
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     models = os.path.join(pretrained, "models")
     for name in ("model.pt", "model.json", "train_state.pt", "text/tokenizer.json", "text/config.json"):

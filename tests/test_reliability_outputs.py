@@ -61,14 +61,14 @@ def test_a_failed_rerun_leaves_the_trained_model_as_it_was(trained, tiny_datalis
 
     # and the run it came from still resumes (the bug: a rewritten tokenizer broke --resume)
     run_bundle("train.yaml", epochs=2, resume=True, **common)
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     load_pretrained(os.path.join(models, "model.pt"))
 
 
 def test_a_mixed_checkpoint_set_is_refused_at_load(trained, tmp_path):
     from custom.checkpoints import CheckpointError
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     out, _ = trained
     models = os.path.join(out, "models")
@@ -106,7 +106,7 @@ def test_interrupted_tokenizer_write_keeps_the_previous_text_folder(trained, mon
     """The tokenizer is staged in a fresh folder and swapped in; a crash while writing it leaves the
     previous text/ (and so the previous, consistent set) in place."""
     from custom.checkpoints import write_checkpoint
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     out, _ = trained
     ckpt = os.path.join(out, "models", "model.pt")

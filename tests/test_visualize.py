@@ -53,7 +53,7 @@ def test_bundle_writes_pngs_and_grounding(ckpt, tiny_datalist, tmp_path):
 
 def test_attention_equals_plain_per_pair_computation(ckpt, tiny_datalist):
     from custom.data import load_datalist
-    from custom.nets.factory import load_pretrained
+    from custom.engines.pretrained import load_pretrained
 
     model, tokenizer = load_pretrained(ckpt)
     items = load_datalist(tiny_datalist, os.path.dirname(tiny_datalist), "test", require=("image", "report"))[:4]
@@ -131,7 +131,7 @@ def test_gloria_and_convirt_checkpoints(ckpt, tiny_datalist, tmp_path):
     """GLoRIA: attention and grounding, a note instead of IRM/SRM; ConVIRT: no attention, grounding N/A."""
     from transformers import AutoTokenizer
 
-    from custom.nets.factory import build_reclf_model, save_pretrained
+    from custom.engines.pretrained import build_reclf_model, save_pretrained
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(ckpt), "text"), local_files_only=True)
     for objective in ("gloria", "convirt"):

@@ -52,7 +52,7 @@ class ExportPretrained:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from ..nets.factory import save_pretrained
+        from .pretrained import save_pretrained
 
         if is_main_process():
             save_pretrained(self.network, self.tokenizer, self.save_dir)

@@ -31,7 +31,7 @@ from ...data import labels
 from ..checkpoints import require_pretrained
 from ..encode import ImageItems
 from ...metrics import nan_to_none, precision_at_k, retrieval_recall
-from ...nets.factory import load_pretrained
+from ..pretrained import load_pretrained
 from ...data.prompts import load_prompts, match_classes
 from ...data.text import report_key
 from ...utils import as_bool, as_choice, as_optional_path, write_json

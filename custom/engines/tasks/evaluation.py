@@ -11,7 +11,7 @@ import torch
 
 from ...data.datasets import PretrainDataset, load_datalist, make_loader
 from ...metrics import nan_to_none
-from ...nets.factory import load_pretrained
+from ..pretrained import load_pretrained
 from ...utils import as_amp, write_json
 from ..encode import embed, retrieval_metrics  # noqa: F401 (custom.evaluation.embed: old name)
 

@@ -36,7 +36,7 @@ from ...data import labels
 from ..checkpoints import require_pretrained
 from ..encode import ImageItems
 from ...metrics import classification_metrics, nan_to_none
-from ...nets.factory import load_pretrained
+from ..pretrained import load_pretrained
 from ...data.prompts import PromptError, load_prompts, match_classes
 from ...utils import as_bool, as_choice, write_json
 from ...data.labels import read_label_names

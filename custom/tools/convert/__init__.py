@@ -2,7 +2,7 @@
 
 ``python -m custom convert-checkpoint gloria|mgca PATH --out DIR --text_dir HF_DIR [--trust_pickle true]``
 writes ``DIR/model.pt`` + ``model.json`` + ``text/`` (DESIGN §5), which
-:func:`custom.nets.factory.load_pretrained` and every reclf_cls config read (``--pretrained_ckpt
+:func:`custom.engines.pretrained.load_pretrained` and every reclf_cls config read (``--pretrained_ckpt
 DIR/model.pt``): zero-shot, retrieval and the linear probe then compare the baselines with RECLF under
 one harness. What carries over, what is set and what is re-initialised is written into
 ``model.json`` under ``converted_from``.
@@ -88,7 +88,7 @@ def convert_checkpoint(
 
     Returns the ``converted_from`` record written into ``model.json``.
     """
-    from ...nets.factory import save_pretrained
+    from ...engines.pretrained import save_pretrained
     from ...nets.image_encoder import ImageEncoder
     from ...nets.reclf import RECLFModel
     from ...nets.text_encoder import TextEncoder

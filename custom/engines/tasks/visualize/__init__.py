@@ -189,7 +189,7 @@ def _select(items: list[dict[str, Any]], num_samples: int | None, indices: Seque
 
 
 def _load(ckpt: str, datalist: str, dataset_dir: str, split: str, device):
-    from ....nets.factory import load_pretrained
+    from ...pretrained import load_pretrained
 
     _check_ckpt(ckpt)
     model, tokenizer = load_pretrained(ckpt, device)
