@@ -275,17 +275,9 @@ def classifier_meta(ckpt: Any, key: str, default: Any = None) -> Any:
     training there is no such file: the configs then fall back to the demo's label set.
     """
     path = as_optional_path(ckpt)
-    if path is None:
+    if path is None or not os.path.isfile(path) or not os.path.isfile(meta_path(path)):
         return default
-    meta_path = os.path.splitext(os.path.abspath(path))[0] + ".json"
-    if not os.path.isfile(meta_path):
-        return default
-    with open(meta_path, encoding="utf-8") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path!r} is not valid JSON: {err}") from err
-    return meta.get(key, default) if isinstance(meta, dict) else default
+    return read_meta(path, verify=False).get(key, default)  # verified where the weights are loaded
 
 
 def require_classifier(ckpt: Any) -> str:
@@ -308,11 +300,7 @@ def pretrained_image_encoder_name(ckpt: str, needs_stage: str | None = None) -> 
     ``needs_stage``: the deepest ResNet stage the downstream network uses. A checkpoint pretrained
     with a truncated tower (``image_global_layer`` before it: those stages never trained) is
     refused rather than silently used with random deep stages."""
-    meta = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "model.json")
-    if not os.path.isfile(meta):
-        raise FileNotFoundError(f"{meta!r} not found: {ckpt!r} is not a self-describing reclf checkpoint")
-    with open(meta, encoding="utf-8") as f:
-        content = json.load(f)
+    content = read_meta(ckpt, verify=False)  # load_image_tower reads the weights next
     trained_to = content.get("image_global_layer", "layer4")
     if needs_stage is not None and trained_to < needs_stage:  # "layer1" < ... < "layer4"
         raise ValueError(

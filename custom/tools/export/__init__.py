@@ -47,6 +47,7 @@ from .files import (
     _check_checkpoint, _copy_checkpoint, _copy_file, _copy_tree, _large_files, _read_json, _refuse_link, _write, _zip_folder,
 )
 from .metadata import _updated_metadata, zoo_metadata_problems
+from ...engines.checkpoints import read_meta
 from .rewrite import _ConfigRewrite, _PATH_ITEM, _custom_imports
 # the old custom.export names (tests, users): the pieces live in the modules above
 from .files import ExportLinkError, _sha256  # noqa: F401,E402
@@ -101,7 +102,7 @@ def export_bundle(name: str, out: str, weights: str = "", pretrained: str = "aut
             _check_checkpoint(pretrained_path, True, "--pretrained")
 
     meta = _read_json(os.path.join(source, "configs", "metadata.json"))
-    model_meta = _read_json(os.path.join(os.path.dirname(weights), "model.json"))
+    model_meta = read_meta(weights, verify=False)  # verified by _check_checkpoint above
     meta = _updated_metadata(meta, name, model_meta)
     problems = zoo_metadata_problems(meta)
     if problems:
