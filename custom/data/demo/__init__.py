@@ -203,13 +203,19 @@ def ensure_demo(dataset_dir: str, datalist: str | None = None, **kwargs: Any) ->
     return target
 
 
-def ensure_default_demo(datalist: str, demo_dir: str = "data/demo") -> str | None:
+def ensure_default_demo(datalist: str, demo_dir: str = "data/demo", main_process_only: bool = False) -> str | None:
     """Generate the demo into ``demo_dir`` only when ``datalist`` is the demo's own datalist.
 
     The bundle configs call this in ``initialize``: a user's own (even misspelt) datalist never
     triggers generation; it fails later with a clear "datalist not found" instead.
+    ``main_process_only`` (the torchrun overlays): only process 0 writes; the others wait at the
+    barrier the overlay places after this call.
     """
+    from ...distributed import rank
+
     if os.path.abspath(datalist) != os.path.abspath(os.path.join(demo_dir, "datalist.json")):
+        return None
+    if main_process_only and rank() != 0:
         return None
     return ensure_demo(demo_dir)
 
