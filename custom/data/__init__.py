@@ -4,14 +4,16 @@ decoded-image cache, the demo generator (:mod:`.demo`) and the public-dataset pr
 Nothing here imports engines, tasks or tools.
 
 ``custom.data`` was a module before the package layout: its names (``PretrainDataset``,
-``load_datalist``, ``image_transform``, ``make_loader``, ...) live in :mod:`.datasets` and stay
+``load_datalist``, ``image_transform``, ``make_loader``, ...) live in :mod:`.datalist`, :mod:`.transforms`, :mod:`.datasets` and :mod:`.loaders` (all
+re-exported by :mod:`.datasets`) and stay
 reachable here as aliases (``_target_: custom.data.PretrainDataset``), resolved on first access so
 that ``import custom.data.demo`` does not pay for torch and MONAI.
 """
 
 import importlib as _importlib
 
-_SUBMODULES = {"datasets", "demo", "image_cache", "io", "labels", "prepare", "prompts", "reports", "text", "textfiles"}
+_SUBMODULES = {"datalist", "datasets", "demo", "image_cache", "io", "labels", "loaders", "prepare", "prompts", "reports",
+               "segmentation", "text", "textfiles", "transforms"}
 
 
 def __getattr__(name: str):

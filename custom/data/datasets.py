@@ -1,182 +1,29 @@
-"""Datalists, the pretraining dataset (cached decoding, per-epoch seeded augmentation) and batching."""
+"""Datasets: decoded-once records (in memory or in the uint8 image cache), per-(epoch, index) seeded
+augmentation, and the pretraining dataset of image/report pairs.
+
+The datalist reader (:mod:`.datalist`), the transforms (:mod:`.transforms`) and the loaders
+(:mod:`.loaders`) were part of this module; their names stay importable from here.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, MapTransform, RandAffined, RandAdjustContrastd, SpatialPadd
+from monai.transforms import Compose
 
 from .image_cache import ImageCache, decode_record, encode_record, map_threads
-from .io import RadiographReadError, read_radiograph
-from .textfiles import read_json
+from .io import RadiographReadError
 from .text import encode_reports, report_key
-from ..utils import as_choice, as_int, as_optional_path, epoch_seed
+from ..utils import as_choice, as_optional_path, epoch_seed
+from .datalist import SPLITS, DatalistError, load_datalist, resolve_split  # noqa: F401 (the old custom.data names)
+from .loaders import make_loader, resolve_workers  # noqa: F401
+from .transforms import LoadRadiographd, ResizeLongestd, augment_transform, image_transform  # noqa: F401
 
-SPLITS = ("training", "validation", "test")
-
-
-class DatalistError(ValueError):
-    """A datalist is missing, malformed, or names files that do not exist."""
-
-
-def resolve_split(split: str) -> tuple[str, ...]:
-    """``test`` | ``validation`` | ``training`` | ``all`` -> datalist keys."""
-    split = str(split).strip().lower()
-    aliases = {"train": "training", "val": "validation", "valid": "validation"}
-    split = aliases.get(split, split)
-    if split == "all":
-        return SPLITS
-    if split not in SPLITS:
-        raise ValueError(f"split: expected one of {list(SPLITS) + ['all']}, got {split!r}")
-    return (split,)
-
-
-def load_datalist(
-    datalist: str, dataset_dir: str, split: str, require: Sequence[str] = ("image",), missing: str = "error",
-    allow_empty: bool = True,
-) -> list[dict[str, Any]]:
-    """Items of ``split`` with paths made absolute (relative paths are under ``dataset_dir``).
-
-    Every item is checked up front, so that a bad row fails before training starts with its
-    split, row number and the fix, not in the middle of an epoch.
-
-    Args:
-        datalist: MONAI datalist JSON (DESIGN §4). dataset_dir: root of relative paths.
-        split: see :func:`resolve_split`. require: fields every item must have (``report`` for
-            pretraining); ``image``/``mask`` files must exist.
-        missing: an item without a required field is an ``error`` (naming the row) or is
-            ``skip``-ped and counted in a log line (a datalist shared with classification may
-            hold images without reports; pretraining then uses the pairs only).
-        allow_empty: if False, a split that is missing or holds no usable item is an error
-            naming the datalist and the split (a run that needs it would fail later, obscurely).
-    """
-    missing = as_choice(missing, ("error", "skip"), "missing")
-    skipped: list[str] = []
-    if not os.path.isfile(datalist):
-        raise DatalistError(f"datalist {datalist!r} not found (set --datalist, or --dataset_dir for the demo)")
-    try:
-        content = read_json(datalist, "the datalist")
-    except ValueError as err:  # not UTF-8 (names the encoding found) or not JSON (line, column)
-        raise DatalistError(str(err)) from None
-    if not isinstance(content, dict):
-        raise DatalistError(f"datalist {datalist!r}: expected an object with 'training'/'validation'/'test' lists")
-    items: list[dict[str, Any]] = []
-    for key in resolve_split(split):
-        rows = content.get(key, [])
-        if not isinstance(rows, list):
-            raise DatalistError(f"datalist {datalist!r}: '{key}' must be a list of items")
-        for row, item in enumerate(rows):
-            where = f"datalist {datalist!r}, {key}[{row}]"
-            if not isinstance(item, dict):
-                raise DatalistError(f"{where}: expected an object, got {type(item).__name__}")
-            absent = [f for f in require if item.get(f) is None or (isinstance(item.get(f), str) and not item[f].strip())]
-            if absent:
-                if missing == "skip":
-                    skipped.append(f"{key}[{row}]")
-                    continue
-                raise DatalistError(f"{where}: missing or empty '{absent[0]}' (fix the row or drop it)")
-            for field in ("image", "mask", "report"):
-                # a number or a list here is a broken export, not a report/path to str() silently
-                if field in item and item[field] is not None and not isinstance(item[field], str):
-                    raise DatalistError(
-                        f"{where}: '{field}' must be a string, got {type(item[field]).__name__} "
-                        f"{_short(item[field])} (fix the row or drop it)"
-                    )
-            item = dict(item, split=key, row=row)
-            for field in ("image", "mask"):
-                if field in item and item[field]:
-                    path = item[field] if os.path.isabs(item[field]) else os.path.join(dataset_dir, item[field])
-                    if not os.path.isfile(path):
-                        raise DatalistError(f"{where}: {field} file {path!r} not found (check dataset_dir)")
-                    item[field] = path
-            items.append(item)
-    if skipped:
-        logging.getLogger("reclf").warning(
-            "datalist %r: %d item(s) without %s skipped (e.g. %s)", datalist, len(skipped), "/".join(require), skipped[0]
-        )
-    if not items and not allow_empty:
-        keys = resolve_split(split)
-        present = [k for k in keys if content.get(k)]
-        state = (f"holds no item with {'/'.join(require)} ({len(skipped)} skipped)" if present else
-                 "is missing or empty")
-        raise DatalistError(
-            f"datalist {datalist!r}: the {'/'.join(keys)} split {state}. Add items to it (patient-disjoint from the "
-            "other splits; `python -m custom prepare ...` writes all three), or point --datalist at a datalist that has them"
-        )
-    return items
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class LoadRadiographd(MapTransform):
-    """Read ``keys`` with :func:`custom.io.read_radiograph` into channel-first (1, H, W) float32.
-
-    ``reduce_to``: the longest side a later resize gives (JPEGs then decode at a reduced scale
-    that stays at or above it; part of the image cache key)."""
-
-    def __init__(self, keys: Sequence[str] = ("image",), reduce_to: int | None = None) -> None:
-        super().__init__(keys)
-        self.reduce_to = int(reduce_to) if reduce_to else None
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        out = dict(data)
-        for key in self.key_iterator(out):
-            out[key] = read_radiograph(out[key], self.reduce_to)[None]
-        return out
-
-
-class ResizeLongestd(MapTransform):
-    """Resize (C, H, W) ``keys`` so the longest side is ``size``, keeping the aspect ratio; the
-    short side never goes below one pixel. (MONAI's ``Resized(size_mode="longest")`` rounds a
-    3000 x 2 strip to a 0-pixel side, which then fails far from the cause.)"""
-
-    def __init__(self, keys: Sequence[str], size: int, mode: str = "area") -> None:
-        super().__init__(keys)
-        self.size, self.mode = int(size), mode
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        from monai.transforms import Resize
-
-        out = dict(data)
-        for key in self.key_iterator(out):
-            shape = tuple(int(n) for n in out[key].shape[1:])
-            scale = self.size / max(shape)
-            target = tuple(max(1, int(round(n * scale))) for n in shape)
-            out[key] = Resize(spatial_size=target, mode=self.mode)(out[key])
-        return out
-
-
-def image_transform(image_size: int) -> Compose:
-    """Deterministic part (cached): read, resize the longest side to ``image_size``, pad to square."""
-    size = as_int(image_size, "image_size", minimum=8)
-    return Compose(
-        [
-            LoadRadiographd(("image",), reduce_to=size),
-            ResizeLongestd(("image",), size, mode="area"),
-            SpatialPadd(("image",), spatial_size=(size, size)),
-        ]
-    )
-
-
-def augment_transform() -> Compose:
-    """Mild random augmentation. No flips: a flip would swap "left" and "right" in the report."""
-    return Compose(
-        [
-            RandAffined(
-                ("image",), prob=0.8, rotate_range=0.08, scale_range=0.08, translate_range=0.04,
-                padding_mode="zeros", mode="bilinear",
-            ),
-            RandAdjustContrastd(("image",), prob=0.5, gamma=(0.8, 1.25)),
-        ]
-    )
+logger = logging.getLogger("reclf")
 
 
 class MemoryRecords(Sequence):
@@ -399,60 +246,3 @@ class PretrainDataset(EpochSeededDataset):
             "report_id": torch.tensor([b["report_id"] for b in batch], dtype=torch.int64),
             "index": torch.tensor([b["index"] for b in batch], dtype=torch.int64),
         }
-
-
-def resolve_workers(num_workers: Any, processes: int | None = None) -> int:
-    """``num_workers``: an int >= 0, or ``auto`` = min(4, cores / processes - 1), 0 on one core.
-
-    Workers overlap reading and augmenting the next batches with the training step; one core is
-    left to the main process (which runs the model), and the ``processes`` on this machine share
-    the cores (default: torchrun's ``LOCAL_WORLD_SIZE``, else 1). Measured on 2 busy cores
-    (benchmarks/pipeline.py): augmentation in the main process runs ~10x slower than in a worker,
-    because torch's intra-op threads fight over the cores for small ops, while workers run one
-    thread each. Beyond ~4 a worker rarely adds throughput for 224-512 px uint8
-    cache reads, while each one costs memory and start-up time.
-    """
-    if isinstance(num_workers, str) and num_workers.strip().lower() == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-        return max(0, min(4, cores // max(1, int(processes)) - 1))
-    return as_int(num_workers, "num_workers", minimum=0)
-
-
-def make_loader(
-    dataset: PretrainDataset,
-    batch_size: int,
-    shuffle: bool,
-    num_workers: int = 0,
-    seed: int = 0,
-    drop_last: bool = False,
-    distributed: bool = False,
-    grad_accumulation: int = 1,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader whose order depends only on (seed, epoch): a DistributedSampler, one replica
-    unless ``distributed``; ``num_workers`` may be ``auto`` (:func:`resolve_workers`). The trainer
-    calls ``set_epoch`` on the sampler and the dataset.
-
-    A loader batch holds ``batch_size × grad_accumulation`` items: the trainer splits it into
-    ``grad_accumulation`` micro-batches of one contrastive batch."""
-    from monai.data import DataLoader
-
-    from ..distributed import rank, world_size
-
-    batch_size = as_int(batch_size, "batch_size", minimum=1) * as_int(grad_accumulation, "grad_accumulation", minimum=1)
-    replicas, me = (world_size(), rank()) if distributed else (1, 0)
-    num_workers = resolve_workers(num_workers)
-    sampler = torch.utils.data.DistributedSampler(
-        dataset, num_replicas=replicas, rank=me, shuffle=shuffle, seed=int(seed), drop_last=drop_last
-    )
-    loader = DataLoader(
-        dataset, batch_size=int(batch_size), sampler=sampler, num_workers=int(num_workers),
-        collate_fn=dataset.collate, drop_last=drop_last,
-        # a private generator: worker seeding must not consume the global RNG (exact resume)
-        generator=torch.Generator().manual_seed(int(seed)),
-    )
-    if len(loader) == 0:
-        raise ValueError(
-            f"{len(dataset)} items make no full batch of batch_size={batch_size} per process: lower batch_size"
-        )
-    return loader

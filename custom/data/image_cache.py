@@ -303,7 +303,9 @@ def build_cache(
     """
     import time
 
-    from .datasets import decode_images, image_transform, load_datalist
+    from .datalist import load_datalist
+    from .datasets import decode_images
+    from .transforms import image_transform
     from ..utils import as_choice, as_int
 
     task = as_choice(task, ("pretrain", "seg"), "task")

@@ -31,7 +31,8 @@ from monai.utils import convert_to_tensor
 
 from ..distributed import rank, world_size
 from ..utils import as_bool, as_optional_path, epoch_seed
-from .datasets import EpochSeededDataset, decode_images, resolve_workers
+from .datasets import EpochSeededDataset, decode_images
+from .loaders import resolve_workers
 from .io import RadiographReadError, read_radiograph
 from .labels import stratified_subset
 

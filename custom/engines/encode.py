@@ -17,7 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.datasets import decode_images, image_transform
+from ..data.datasets import decode_images
+from ..data.transforms import image_transform
 from ..nets.factory import unwrap
 from ..data.text import encode_reports
 from ..distributed import is_distributed, rank, world_size

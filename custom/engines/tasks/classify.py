@@ -78,7 +78,7 @@ class ClassifierPredictor:
         paths = expand_input_files(self.input_files)
         if paths:
             return [{"image": p} for p in paths], {"source": "input_files"}
-        from ...data.datasets import load_datalist
+        from ...data.datalist import load_datalist
 
         if as_optional_path(self.datalist) is None:
             raise ValueError("nothing to classify: pass --input_files or a --datalist with an --eval_split")

@@ -83,7 +83,7 @@ class CrossModalRetrievalEvaluator:
         del num_workers  # images are decoded once up front: no loader workers needed
 
     def run(self) -> dict[str, Any]:
-        from ...data.datasets import load_datalist
+        from ...data.datalist import load_datalist
 
         ckpt = require_pretrained(self.ckpt)
         items = load_datalist(self.datalist, self.dataset_dir, self.eval_split, require=("image",))

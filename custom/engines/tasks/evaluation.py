@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
-from ...data.datasets import PretrainDataset, load_datalist, make_loader
+from ...data.datalist import load_datalist
+from ...data.datasets import PretrainDataset
+from ...data.loaders import make_loader
 from ...metrics import nan_to_none
 from ..pretrained import load_pretrained
 from ...utils import as_amp, write_json

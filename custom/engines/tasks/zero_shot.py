@@ -122,7 +122,7 @@ class ZeroShotEvaluator:
         self.bad_images, self.image_chunk = bad_images, int(image_chunk)
 
     def run(self) -> dict[str, Any]:
-        from ...data.datasets import load_datalist
+        from ...data.datalist import load_datalist
 
         ckpt = require_pretrained(self.ckpt)
         items = load_datalist(self.datalist, self.dataset_dir, self.eval_split, require=("image", "labels"),

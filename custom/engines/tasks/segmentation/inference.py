@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.transforms import Compose, EnsureTyped, MapTransform, Resized, SpatialPadd
 from monai.utils import convert_to_tensor
 
-from ....data.datasets import load_datalist
+from ....data.datalist import load_datalist
 from ....data.io import read_radiograph
 from ....utils import as_bool, as_optional_path, atomic_write_text, autocast
 from .evaluation import load_segmenter_weights, require_segmenter

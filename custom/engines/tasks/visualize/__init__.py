@@ -38,7 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ....data.datasets import PretrainDataset, image_transform, load_datalist, make_loader
+from ....data.datalist import load_datalist
+from ....data.datasets import PretrainDataset
+from ....data.loaders import make_loader
+from ....data.transforms import image_transform
 from ....data.text import encode_reports, normalize_report, token_limit
 from ....utils import write_json
 from ....metrics.grounding import (  # noqa: F401 (custom.visualize.<name>: the old names)
