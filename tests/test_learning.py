@@ -18,10 +18,12 @@ from custom.text import prepare_tokenizer
 
 pytestmark = pytest.mark.slow  # trains three objectives on the demo data (minutes)
 
-# the smallest budget per objective that passes with margin (measured on CPU: at 6 epochs RECLF's
-# loss falls to 0.75x with training R@10 at 2.7-3.1x chance, while GLoRIA pooling is still at 1.8x
-# chance for image->text and ConVIRT's loss only at 0.89x); the suite must stay under 15 minutes
+# the smallest budget per objective that passes with margin; the suite must stay under 15 minutes.
+# Measured on 2 CPU cores (i2t / t2i R@10 over chance, last / first epoch loss): ConVIRT 6.6x / 7.1x,
+# 0.64; GLoRIA pooling 3.7x / 3.3x, 0.71; RECLF 4.3x / 3.3x, 0.75 (at 6 epochs GLoRIA pooling was
+# still at 1.8x chance and ConVIRT's loss at 0.89x)
 EPOCHS = {"convirt": 10, "gloria": 10, "reclf": 6}
+MARGIN = 2.5  # R@10 at least this many times chance
 
 
 class EpochLoss:
@@ -67,5 +69,6 @@ def test_objective_learns(objective, demo_dir, tmp_path):
     plain = make_loader(PretrainDataset(train_items, tokenizer, image_size=64, augment=False), 64, shuffle=False)
     metrics = retrieval_metrics(model, plain, "cpu")
     chance = 10 / metrics["n_unique_reports"]
-    assert metrics["i2t_recall@10"] >= 2 * chance, (objective, metrics)
-    assert metrics["t2i_recall@10"] >= 2 * chance, (objective, metrics)
+    ratios = (metrics["i2t_recall@10"] / chance, metrics["t2i_recall@10"] / chance)
+    print(objective, "loss", [round(x, 3) for x in losses.history], "R@10 / chance", ratios)  # pytest -s
+    assert min(ratios) >= MARGIN, (objective, ratios, metrics)
