@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -117,6 +118,16 @@ def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
         assert "RECLF (full)" in f.read()
     with pytest.raises(ValueError, match="other settings"):
         evidence.main(argv[:-1] + ["--epochs", "3"])
+    # --merge: one arm aggregated here, the other carried over from an earlier output, as it was
+    earlier = os.path.join(out, "evidence_demo.json")
+    shutil.copy(earlier, str(tmp_path / "earlier.json"))
+    merged = evidence.main(["--aggregate_only", *argv[:4], "--arms", "[reclf]", *argv[6:],
+                            "--merge", f"[{tmp_path / 'earlier.json'}]"])
+    assert list(merged["summary"]) == ["convirt", "reclf"] and merged["settings"]["arms"] == ["convirt", "reclf"]
+    assert merged["summary"]["convirt"] == json.load(open(str(tmp_path / "earlier.json")))["summary"]["convirt"]
+    assert merged["runs"]["reclf"][0]["curve"]["2"]["step"] == 4  # the per-run curves travel with the output
+    with pytest.raises(ValueError, match=r"other settings \(epochs\)"):
+        evidence.read_earlier_output(str(tmp_path / "earlier.json"), {**obj["settings"], "epochs": 3})
 
 
 def test_srm_locality_option_off_by_default_and_a_distance_prior_when_on():
