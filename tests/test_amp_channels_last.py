@@ -89,4 +89,6 @@ def test_channels_last_step_equals_the_nchw_step() -> None:
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
     assert set(results[0][1]) == set(results[1][1])
     for k, g in results[0][1].items():
-        torch.testing.assert_close(results[1][1][k], g, rtol=1e-9, atol=1e-12, msg=lambda m, k=k: f"grad {k}: {m}")
+        # float64 summation order still differs between the layouts: one conv1 entry of 3,136 was off
+        # by 5.6e-12 (2.6e-9 relative) in a full-suite run; a layout bug would differ by ~1e-2
+        torch.testing.assert_close(results[1][1][k], g, rtol=1e-7, atol=1e-10, msg=lambda m, k=k: f"grad {k}: {m}")

@@ -16,7 +16,7 @@ from monai.networks.nets import resnet18 as monai_resnet18
 from safetensors.torch import save_file
 
 from custom.nets.image_encoder import ImageEncoder, build_resnet
-from custom.nets.image_weights import read_resnet_state_dict
+from custom.engines.image_weights import load_torchvision_weights, read_resnet_state_dict
 
 
 def _torchvision_state(name: str, seed: int) -> dict[str, torch.Tensor]:
@@ -45,6 +45,13 @@ def expected18() -> dict[str, torch.Size]:
     return {k: v.shape for k, v in build_resnet("resnet18").state_dict().items()}
 
 
+def _encoder(name: str, path: str) -> ImageEncoder:
+    """An encoder with a user's weights file loaded the way build_reclf_model loads image_weights."""
+    encoder = ImageEncoder(name)
+    load_torchvision_weights(encoder.backbone, path)
+    return encoder
+
+
 def _assert_loaded(encoder: ImageEncoder, source: dict[str, torch.Tensor]) -> None:
     """Every encoder tensor equals the source's; conv1 equals the source's RGB sum."""
     loaded = encoder.backbone.state_dict()
@@ -66,7 +73,7 @@ def test_torchvision_state_dict_loads_strictly(tv18, tmp_path, caplog):
     path = tmp_path / "resnet18.pth"
     torch.save(tv18, path)
     with caplog.at_level(logging.INFO, logger="reclf"):
-        encoder = ImageEncoder("resnet18", weights=str(path))
+        encoder = _encoder("resnet18", str(path))
     _assert_loaded(encoder, tv18)
     logged = " ".join(r.getMessage() for r in caplog.records if r.name == "reclf")
     assert "fc dropped" in logged and "conv1 summed over RGB" in logged and "prefix" not in logged
@@ -82,7 +89,7 @@ def test_dataparallel_prefix_and_old_file_without_counters(tv18, expected18, tmp
     assert torch.equal(state["layer3.0.bn1.running_var"], tv18["layer3.0.bn1.running_var"])
     assert int(state["bn1.num_batches_tracked"]) == 0
     assert "prefix 'module.' stripped" in description and "num_batches_tracked set to 0" in description
-    _assert_loaded(ImageEncoder("resnet18", weights=str(path)), tv18)  # tv18's counters are 0 too
+    _assert_loaded(_encoder("resnet18", str(path)), tv18)  # tv18's counters are 0 too
 
 
 def test_lightning_checkpoint_converts(tv18, expected18, tmp_path):
@@ -95,7 +102,7 @@ def test_lightning_checkpoint_converts(tv18, expected18, tmp_path):
     state, description = read_resnet_state_dict(str(path), expected18)
     assert description.startswith("Lightning checkpoint, prefix 'model.encoder.' stripped, fc dropped, conv1 summed")
     assert "1 other tensors ignored" in description and "model.text.embeddings.weight" in description
-    _assert_loaded(ImageEncoder("resnet18", weights=str(path)), tv18)
+    _assert_loaded(_encoder("resnet18", str(path)), tv18)
 
 
 def test_safetensors_file_and_hugging_face_folder(tv18, expected18, tmp_path):
@@ -112,7 +119,7 @@ def test_safetensors_file_and_hugging_face_folder(tv18, expected18, tmp_path):
     # both weight files, as timm Hub folders ship: the safetensors one is read
     torch.save({k: torch.zeros_like(v) for k, v in tv18.items()}, folder / "pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 1000}))
-    _assert_loaded(ImageEncoder("resnet18", weights=str(folder)), tv18)
+    _assert_loaded(_encoder("resnet18", str(folder)), tv18)
     _, description = read_resnet_state_dict(str(folder), expected18)
     assert "Hugging Face folder (model.safetensors, architecture 'resnet18')" in description
 
@@ -140,14 +147,14 @@ def test_resnet18_file_for_a_resnet50_encoder_is_refused(tv18, tmp_path):
     assert "holds a resnet18 while the encoder is a resnet50" in message
     assert "'layer4.2.bn3.running_var'" in message and "image_encoder" in message
     with pytest.raises(ValueError, match="resnet18 while the encoder is a resnet50"):
-        ImageEncoder("resnet50", weights=str(path))
+        _encoder("resnet50", str(path))
 
 
 def test_resnet50_round_trip_under_a_prefix(tmp_path):
     source = _torchvision_state("resnet50", 1)
     path = tmp_path / "gloria_like.ckpt"
     torch.save({"state_dict": {"gloria.img_encoder.model." + k: v for k, v in source.items()}}, path)
-    encoder = ImageEncoder("resnet50", weights=str(path))
+    encoder = _encoder("resnet50", str(path))
     _assert_loaded(encoder, source)
     out = encoder.eval()(torch.rand(1, 1, 64, 64))
     assert out["global"].shape == (1, 2048) and out["local"].shape == (1, 1024, 4, 4)
@@ -169,7 +176,7 @@ def test_monai_resnets(expected18, tmp_path):
     compatible = monai_resnet18(spatial_dims=2, n_input_channels=3, shortcut_type="B", bias_downsample=False,
                                 conv1_t_stride=2).state_dict()
     torch.save(compatible, tmp_path / "monai_tv.pt")
-    _assert_loaded(ImageEncoder("resnet18", weights=str(tmp_path / "monai_tv.pt")), compatible)
+    _assert_loaded(_encoder("resnet18", str(tmp_path / "monai_tv.pt")), compatible)
 
 
 def test_timm_deep_stem_and_avg_down_are_refused(tv18, expected18, tmp_path):
@@ -191,7 +198,7 @@ def test_pickled_module_is_refused_without_unsafe_advice(tmp_path):
     path = tmp_path / "whole_model.pt"
     torch.save(build_resnet("resnet18"), path)
     with pytest.raises(ValueError) as info:
-        ImageEncoder("resnet18", weights=str(path))
+        _encoder("resnet18", str(path))
     message = str(info.value)
     assert str(path) in message and "pickled Python objects" in message
     assert "torch.save(model.state_dict(), path)" in message and "weights_only=True" in message
@@ -211,3 +218,19 @@ def test_missing_file_and_unknown_suffix(expected18, tmp_path):
     assert "no such file" in _refusal(tmp_path / "absent.pth", expected18)
     (tmp_path / "weights.npz").write_bytes(b"\0")
     assert "unknown file type" in _refusal(tmp_path / "weights.npz", expected18)
+
+
+def test_pretraining_network_loads_image_weights(tv18, tmp_path):
+    """`image_weights` of reclf_pretrain/configs/train.yaml: build_reclf_model loads the file into the
+    image tower (the network constructors themselves take no paths)."""
+    from custom.engines.pretrained import build_reclf_model
+    from custom.text import prepare_tokenizer
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(tv18, path)
+    tokenizer = prepare_tokenizer("", ["small left pleural effusion", "no acute finding"], str(tmp_path / "text"))
+    model = build_reclf_model(tokenizer, image_weights=str(path))
+    _assert_loaded(model.image_encoder, tv18)
+    assert model.pretrained_parts["image"] is True
+    fresh = build_reclf_model(tokenizer)
+    assert not torch.equal(fresh.image_encoder.backbone.conv1.weight, model.image_encoder.backbone.conv1.weight)

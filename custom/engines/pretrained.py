@@ -17,6 +17,7 @@ from ..nets.reclf import RECLFModel
 from ..nets.text_encoder import TextEncoder, build_text_model, build_text_model_from_config
 from ..utils import as_optional_path
 from .checkpoints import load_state, read_meta, write_checkpoint
+from .image_weights import load_torchvision_weights
 
 
 def build_reclf_model(
@@ -62,8 +63,9 @@ def build_reclf_model(
         raise TypeError(f"unknown model arguments {sorted(unknown)}; expected a subset of {list(MODEL_ARGS)}")
     model_args = {k: _plain(k, v) for k, v in model_args.items()}
     init_ckpt = as_optional_path(init_ckpt)
-    image = ImageEncoder(image_encoder, weights=None if init_ckpt else image_weights,
-                         local_layer=image_local_layer, global_layer=image_global_layer)
+    image = ImageEncoder(image_encoder, local_layer=image_local_layer, global_layer=image_global_layer)
+    if init_ckpt is None and as_optional_path(image_weights) is not None:  # an init_ckpt brings its own
+        load_torchvision_weights(image.backbone, as_optional_path(image_weights))
     text_model = build_text_model(text_encoder, tokenizer, **(text_config or {}))
     text = TextEncoder(text_model, pooling=text_pooling, readout=text_readout, readout_layers=text_readout_layers)
     model = RECLFModel(image, text, **model_args)

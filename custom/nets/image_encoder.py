@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 
-from ..utils import as_optional_path
-from .image_weights import read_resnet_state_dict
 
 # (block, layers, local-grid channels (layer3), global channels (layer4))
 RESNET_SPECS: dict[str, tuple[type, list[int], int, int]] = {
@@ -56,32 +52,12 @@ def build_resnet(name: str) -> ResNet:
     )
 
 
-def load_torchvision_weights(net: ResNet, path: str) -> None:
-    """Load a ResNet weights file into ``net`` strictly, in torchvision's layout.
-
-    A torchvision state dict (e.g. ``resnet50-0676ba61.pth``) loads as it is; a timm, MONAI or
-    Lightning file is converted where the mapping is unambiguous (prefix stripped, ``fc.*``
-    dropped, an RGB ``conv1`` summed to one channel) and otherwise refused with a ``ValueError``
-    saying what the file holds: :func:`~custom.nets.image_weights.read_resnet_state_dict`.
-    What was converted is logged.
-    """
-    expected = {k: v.shape for k, v in net.state_dict().items()}
-    state, description = read_resnet_state_dict(path, expected)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:  # the reader returns exactly the expected names and shapes
-        raise ValueError(f"image_weights {path!r} did not load into this ResNet: {err}") from err
-    logging.getLogger("reclf").info("image_weights %s: %s", path, description)
-
-
 class ImageEncoder(nn.Module):
-    """ResNet image encoder giving a global vector and a local region grid.
+    """ResNet image encoder giving a global vector and a local region grid. Pretrained ResNet weights
+    (a user's file) load into ``backbone`` with :func:`custom.engines.image_weights.load_torchvision_weights`.
 
     Args:
         name: ``resnet18`` | ``resnet34`` | ``resnet50``.
-        weights: optional path to ResNet weights: a torchvision-format ImageNet state dict, loaded
-            strictly, or a timm / MONAI / Lightning file converted when unambiguous
-            (:func:`load_torchvision_weights`).
         local_layer: the stage whose output is the region grid (default ``layer3``: h = H/16;
             ``layer2``: H/8, ``layer1``: H/4), so small images still give a fine grid.
         global_layer: the stage whose pooled output is the global vector (default ``layer4``); the
@@ -94,8 +70,7 @@ class ImageEncoder(nn.Module):
         ``local_layer`` features, the grid whose cells are the "regions" of local matching.
     """
 
-    def __init__(self, name: str = "resnet18", weights: str | None = None, local_layer: str = "layer3",
-                 global_layer: str = "layer4") -> None:
+    def __init__(self, name: str = "resnet18", local_layer: str = "layer3", global_layer: str = "layer4") -> None:
         super().__init__()
         self.name = name
         self.backbone = build_resnet(name)
@@ -110,9 +85,6 @@ class ImageEncoder(nn.Module):
         self.local_stage, self.global_stage = STAGES.index(local_layer) + 1, STAGES.index(global_layer) + 1
         channels = stage_channels(name)
         self.local_channels, self.global_channels = channels[local_layer], channels[global_layer]
-        weights = as_optional_path(weights)
-        if weights is not None:
-            load_torchvision_weights(self.backbone, weights)
         self.register_buffer("mean", torch.tensor(GRAY_MEAN), persistent=False)
         self.register_buffer("std", torch.tensor(GRAY_STD), persistent=False)
 

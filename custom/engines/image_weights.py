@@ -29,6 +29,7 @@ another depth than the encoder's (resnet18 weights for a resnet50 encoder).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from monai.networks.nets.resnet import ResNet
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")  # .pth.tar: the PyTorch ImageNet example's
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -428,3 +430,21 @@ def _a(architecture: str) -> str:
 def _quote(keys: list[str], limit: int = SHOW) -> str:
     shown = ", ".join(repr(k) for k in keys[:limit])
     return shown + (f" ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_torchvision_weights(net: ResNet, path: str) -> None:
+    """Load a ResNet weights file into ``net`` strictly, in torchvision's layout.
+
+    A torchvision state dict (e.g. ``resnet50-0676ba61.pth``) loads as it is; a timm, MONAI or
+    Lightning file is converted where the mapping is unambiguous (prefix stripped, ``fc.*``
+    dropped, an RGB ``conv1`` summed to one channel) and otherwise refused with a ``ValueError``
+    saying what the file holds: :func:`read_resnet_state_dict`.
+    What was converted is logged.
+    """
+    expected = {k: v.shape for k, v in net.state_dict().items()}
+    state, description = read_resnet_state_dict(path, expected)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # the reader returns exactly the expected names and shapes
+        raise ValueError(f"image_weights {path!r} did not load into this ResNet: {err}") from err
+    logging.getLogger("reclf").info("image_weights %s: %s", path, description)
