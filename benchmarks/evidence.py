@@ -62,18 +62,13 @@ from benchmarks.ablation import (
     LATERAL_FINDINGS,
     REPO,
     RESULTS_DIR,
-    _finite,
     _int_list,
-    _read_json,
-    _rounded,
     _str_list,
-    _write_json,
-    aggregate,
     check_cache_settings,
-    format_cell,
     prepare_demo,
     side_tasks,
 )
+from benchmarks.report import _finite, _read_json, _rounded, _write_json, aggregate, format_cell
 
 EXTRA_ARMS: dict[str, dict[str, Any]] = {
     # SRM attention with a word-distance prior (custom.nets.relations, ``srm_locality``): a
