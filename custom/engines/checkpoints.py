@@ -376,7 +376,7 @@ def network_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
         from ..nets.seg_unet import SegUNet
 
         return SegUNet(meta["image_encoder"], out_channels=int(meta.get("out_channels", 1)))
-    if name == "ImageClassifier" or (name is None and "class_names" in meta):
+    if name == "ImageClassifier" or (name is None and "class_names" in meta):  # linear probes name no network
         from ..nets.classifier import ImageClassifier
 
         return ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,17 +75,11 @@ class MetricsWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def metrics(self, engine: Engine) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, value in engine.state.metrics.items():
-            if isinstance(value, Mapping):
-                continue  # its items are in engine.state.metrics already (ignite flattens dict metrics)
-            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-                value = value.item()
-            if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-                out[name] = None if isinstance(value, float) and math.isnan(value) else value
-        out.update(self.extra)
-        out.update({k: self.meta.get(k) for k in self.meta_keys})
-        return json_safe(out)
+        # scalars only: a dict metric's items are in engine.state.metrics already (ignite flattens them)
+        scalars = {name: value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
+                   for name, value in engine.state.metrics.items()}
+        out = {k: v for k, v in scalars.items() if v is None or isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return json_safe({**out, **self.extra, **{k: self.meta.get(k) for k in self.meta_keys}})  # NaN -> null
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():

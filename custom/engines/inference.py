@@ -60,6 +60,31 @@ def collate_ok(batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return ok, [{"image": b["failed"], "error": b["error"]} for b in batch if "failed" in b]
 
 
+def tolerant_loader(items: Sequence[dict[str, Any]], preprocessing: Callable[[dict[str, Any]], dict[str, Any]],
+                    batch_size: int, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of ``(preprocessed items, failures)`` in item order (:class:`TolerantItems`, :func:`collate_ok`)."""
+    return torch.utils.data.DataLoader(TolerantItems(items, preprocessing), batch_size=int(batch_size), shuffle=False,
+                                       num_workers=int(num_workers), collate_fn=collate_ok)
+
+
+def input_items(input_files: Any, datalist: Any, dataset_dir: str | None, eval_split: str,
+                what: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The items a predictor runs on, and the ``source`` record of its output JSON: the expanded
+    ``input_files`` if any, else the ``eval_split`` items of ``datalist`` (``what``: the verb of the
+    error when there is neither, e.g. ``classify``)."""
+    paths = expand_input_files(input_files)
+    if paths:
+        return [{"image": p} for p in paths], {"source": "input_files"}
+    if as_optional_path(datalist) is None:
+        raise ValueError(f"nothing to {what}: pass --input_files or a --datalist with an --eval_split")
+    from ..data.datalist import load_datalist
+
+    items = load_datalist(datalist, dataset_dir or "", eval_split)
+    if not items:
+        raise ValueError(f"datalist {datalist!r} has no items in split {eval_split!r}")
+    return items, {"source": "datalist", "datalist": os.path.abspath(datalist), "eval_split": eval_split}
+
+
 def report_skipped(skipped: list[dict[str, Any]], done: int, what: str) -> None:
     """Log the skipped files; raise when nothing at all could be processed."""
     if not skipped:

@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
-from ...utils import as_bool, as_optional_path, autocast, write_json
+from ...utils import as_bool, autocast, write_json
 from ..checkpoints import (  # noqa: F401 (custom.classify.*: the old names, used by configs)
     TRAIN_FIRST, classifier_meta, load_classifier_weights, require_classifier,
 )
 from ..inference import IMAGE_EXTENSIONS, expand_input_files  # noqa: F401 (old names)
+from ..inference import input_items, report_skipped, tolerant_loader
 
 logger = logging.getLogger("reclf")
 
@@ -75,17 +76,7 @@ class ClassifierPredictor:
         self.device, self.amp, self.threshold = torch.device(device), as_bool(amp, "amp"), float(threshold)
 
     def _items(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        paths = expand_input_files(self.input_files)
-        if paths:
-            return [{"image": p} for p in paths], {"source": "input_files"}
-        from ...data.datalist import load_datalist
-
-        if as_optional_path(self.datalist) is None:
-            raise ValueError("nothing to classify: pass --input_files or a --datalist with an --eval_split")
-        items = load_datalist(self.datalist, self.dataset_dir or "", self.eval_split)
-        if not items:
-            raise ValueError(f"datalist {self.datalist!r} has no items in split {self.eval_split!r}")
-        return items, {"source": "datalist", "datalist": os.path.abspath(self.datalist), "eval_split": self.eval_split}
+        return input_items(self.input_files, self.datalist, self.dataset_dir, self.eval_split, "classify")
 
     def _record(self, item: dict[str, Any], probs: torch.Tensor) -> dict[str, Any]:
         scores = {name: float(p) for name, p in zip(self.class_names, probs.tolist())}
@@ -100,17 +91,14 @@ class ClassifierPredictor:
 
     @torch.no_grad()
     def run(self) -> str:
-        from ..inference import TolerantItems, collate_ok, report_skipped
-
         ckpt = require_classifier(self.ckpt)
         load_classifier_weights(self.network, ckpt)
         net = self.network.to(self.device).eval()
         items, source = self._items()
         # preprocessing sees {"image": path, "index": n}: exactly what MONAI Label hands it (plus an index);
         # an unreadable file is skipped and listed, the others are classified
-        dataset = TolerantItems([{"image": it["image"], "index": n} for n, it in enumerate(items)], self.preprocessing)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                             num_workers=self.num_workers, collate_fn=collate_ok)
+        loader = tolerant_loader([{"image": it["image"], "index": n} for n, it in enumerate(items)], self.preprocessing,
+                                 self.batch_size, self.num_workers)
         records: list[dict[str, Any]] = []
         skipped: list[dict[str, Any]] = []
         for ok, failed in loader:

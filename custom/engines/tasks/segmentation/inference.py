@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from monai.transforms import Compose, EnsureTyped, MapTransform, Resized, SpatialPadd
 from monai.utils import convert_to_tensor
 
-from ....data.datalist import load_datalist
 from ....data.io import read_radiograph
-from ....utils import as_bool, as_optional_path, atomic_write_text, autocast
+from ....utils import as_bool, atomic_write_text, autocast
+from ...inference import input_items, report_skipped, tolerant_loader
 from .evaluation import load_segmenter_weights, require_segmenter
 from .training import THRESHOLD
 
@@ -148,33 +148,19 @@ class SegPredictor:
         self.threshold = float(threshold)  # recorded; postprocessing applies it
 
     def _paths(self) -> tuple[list[str], dict[str, Any]]:
-        from ...inference import expand_input_files
-
-        paths = expand_input_files(self.input_files)
-        if paths:
-            return paths, {"source": "input_files"}
-        if as_optional_path(self.datalist) is None:
-            raise ValueError("nothing to segment: pass --input_files or a --datalist with an --eval_split")
-        items = load_datalist(self.datalist, self.dataset_dir or "", self.eval_split)
-        if not items:
-            raise ValueError(f"datalist {self.datalist!r} has no items in split {self.eval_split!r}")
-        return [it["image"] for it in items], {"source": "datalist", "datalist": os.path.abspath(self.datalist),
-                                               "eval_split": self.eval_split}
+        items, source = input_items(self.input_files, self.datalist, self.dataset_dir, self.eval_split, "segment")
+        return [it["image"] for it in items], source
 
     @torch.no_grad()
     def run(self) -> str:
         from PIL import Image
-
-        from ...inference import TolerantItems, collate_ok, report_skipped
 
         ckpt = require_segmenter(self.ckpt)
         load_segmenter_weights(self.network, ckpt)
         net = self.network.to(self.device).eval()
         paths, source = self._paths()
         # an unreadable file is skipped and listed in the JSON; the others are segmented
-        dataset = TolerantItems([{"image": p} for p in paths], self.preprocessing)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                             num_workers=self.num_workers, collate_fn=collate_ok)
+        loader = tolerant_loader([{"image": p} for p in paths], self.preprocessing, self.batch_size, self.num_workers)
         os.makedirs(self.mask_dir, exist_ok=True)
         used: set[str] = set()
         records: list[dict[str, Any]] = []

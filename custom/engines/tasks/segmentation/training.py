@@ -125,14 +125,13 @@ class SegMetric(Metric):
         self._pos.append(truth.flatten(1).any(1).numpy())
 
     def compute(self) -> float | dict[str, Any]:
+        if self._dice:
+            summary = _summary(np.concatenate(self._dice), np.concatenate(self._iou), np.concatenate(self._pos))
+        else:
+            summary = _summary(np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
         if self.kind == "summary":
-            empty = np.zeros(0)
-            parts = (self._dice, self._iou, self._pos) if self._dice else ([empty], [empty], [empty.astype(bool)])
-            return _summary(*(np.concatenate(p) for p in parts))
-        if not self._dice:
-            return float("nan")
-        value = _summary(np.concatenate(self._dice), np.concatenate(self._iou), np.concatenate(self._pos))[self.kind]
-        return float("nan") if value is None else float(value)
+            return summary
+        return float("nan") if summary[self.kind] is None else float(summary[self.kind])
 
 
 class ValidateEvery(ValidationHandler):
