@@ -608,8 +608,7 @@ def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Ma
 
 def read_earlier_output(path: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """An earlier ``evidence_demo.json`` to merge; refuses one made with other settings (arms aside)."""
-    with open(path, encoding="utf-8") as f:
-        earlier = json.load(f)
+    earlier = _read_json(path)
     mine = {k: v for k, v in settings.items() if k != "arms"}
     theirs = {k: v for k, v in earlier.get("settings", {}).items() if k != "arms"}
     if mine != theirs:
