@@ -300,10 +300,19 @@ class AblationStudy:
         dataset_dir, datalist: the data (from :func:`prepare_demo` / :func:`prepare_covid_notes`).
         log: progress messages (default: print).
         arms: arm name -> pretraining overrides (None: no pretraining); default :data:`ARMS`.
+        pretrained: (arm, seed) -> (``model.pt`` of a pretraining done elsewhere, its stage record
+            ``{"metrics", "wall_s", "cpu_s"}``) instead of the ``pretrain`` stage here
+            (:mod:`benchmarks.evidence` hands over its runs' last snapshots).
+        compositional: run the demo's finding × side and grounding stages (demo only).
+
+    ``settings["encoder_depth"]`` (optional): the deepest ResNet stage of the probes' and U-Nets'
+    encoders (``None``: the stages the checkpoint trained, ``layer4`` at random init).
     """
 
     def __init__(self, dataset: str, cache: str, settings: Mapping[str, Any], dataset_dir: str, datalist: str,
-                 log: Callable[[str], None] = print, arms: Mapping[str, dict[str, Any] | None] = ARMS) -> None:
+                 log: Callable[[str], None] = print, arms: Mapping[str, dict[str, Any] | None] = ARMS,
+                 pretrained: Callable[[str, int], tuple[str, dict[str, Any]]] | None = None,
+                 compositional: bool = True) -> None:
         self.arms = dict(arms)
         unknown = [a for a in settings["arms"] if a not in self.arms]
         if unknown:
@@ -311,7 +320,8 @@ class AblationStudy:
         self.dataset, self.cache, self.settings = dataset, os.path.abspath(cache), dict(settings)
         self.dataset_dir, self.datalist, self.log = os.path.abspath(dataset_dir), os.path.abspath(datalist), log
         self.prompts = os.path.join(BUNDLES, "reclf_cls", "configs", "prompts", f"{dataset}.yaml")
-        self.side = side_tasks(self.datalist, self.cache, self.prompts) if dataset == "demo" else {}
+        self.side = side_tasks(self.datalist, self.cache, self.prompts) if dataset == "demo" and compositional else {}
+        self.pretrained = pretrained
         size = int(settings["image_size"])
         self.decode_cache = os.path.join(self.cache, f"decoded_{size}px")  # PersistentDataset per bundle
 
@@ -389,6 +399,7 @@ class AblationStudy:
     def _probe(self, ckpt: str, seed: int, fraction: float, out: str) -> dict[str, Any]:
         run_bundle("reclf_cls/configs/train.yaml", pretrained_ckpt=ckpt, output_dir=out, label_fraction=float(fraction),
                    label_seeds=[int(seed)], seed=int(seed), bundle_root=os.path.join(BUNDLES, "reclf_cls"),
+                   encoder_depth=self.settings.get("encoder_depth"),
                    cache_dir=os.path.join(self.decode_cache, "probe"), **self._common())
         result = _read_json(os.path.join(out, "eval", "linear_probe.json"))
         return {k: v for k, v in result.items() if not isinstance(v, (dict, list)) and not k.startswith("std/")}
@@ -398,6 +409,7 @@ class AblationStudy:
         run_bundle("reclf_seg/configs/train.yaml", pretrained_ckpt=ckpt, output_dir=out, label_fraction=float(fraction),
                    label_seed=int(seed), seed=int(seed), train_samples=int(self.settings["seg_train_samples"]),
                    batch_size=int(self.settings["seg_batch_size"]), bundle_root=os.path.join(BUNDLES, "reclf_seg"),
+                   encoder_depth=self.settings.get("encoder_depth"),
                    cache_dir=os.path.join(self.decode_cache, "seg"), **common)
         common.pop("image_size")  # evaluate.yaml reads it from the segmenter's model.json
         run_bundle("reclf_seg/configs/evaluate.yaml", output_dir=out, bundle_root=os.path.join(BUNDLES, "reclf_seg"),
@@ -415,9 +427,12 @@ class AblationStudy:
         stages: dict[str, dict[str, Any]] = {}
         ckpt = ""
         if self.arms[arm] is not None:
-            pre_dir = os.path.join(run_dir, "pretrain")
-            stages["pretrain"] = self._stage(run_dir, "pretrain", lambda: self._pretrain(arm, seed, pre_dir))
-            ckpt = os.path.join(pre_dir, "models", "model.pt")
+            if self.pretrained is not None:
+                ckpt, stages["pretrain"] = self.pretrained(arm, int(seed))
+            else:
+                pre_dir = os.path.join(run_dir, "pretrain")
+                stages["pretrain"] = self._stage(run_dir, "pretrain", lambda: self._pretrain(arm, seed, pre_dir))
+                ckpt = os.path.join(pre_dir, "models", "model.pt")
             stages["zs"] = self._stage(run_dir, "zs", lambda: self._zero_shot(ckpt, os.path.join(run_dir, "zs")))
             if self.side:
                 stages["side"] = self._stage(run_dir, "side", lambda: self._side(ckpt, os.path.join(run_dir, "side")))
@@ -471,10 +486,12 @@ class AblationStudy:
 
 
 def write_outputs(dataset: str, settings: Mapping[str, Any], results: Mapping[str, Sequence[Mapping[str, Any]]],
-                  out_dir: str, command: str, plot: bool = True) -> dict[str, Any]:
-    """``ablation_<dataset>.json`` / ``.md`` (/ ``.png``) under ``out_dir``; returns the JSON object."""
+                  out_dir: str, command: str, plot: bool = True, name: str | None = None) -> dict[str, Any]:
+    """``<name>.json`` / ``.md`` (/ ``.png``) under ``out_dir`` (default name ``ablation_<dataset>``);
+    returns the JSON object."""
     summary = summarise({arm: [r["metrics"] for r in runs] for arm, runs in results.items()})
-    columns = table_columns(dataset, settings)
+    # a column no arm measured (e.g. finding × side where that stage is left out) is left out too
+    columns = [(k, t) for k, t in table_columns(dataset, settings) if any(k in s for s in summary.values())]
     table = markdown_table(summary, columns)
     total_wall = sum(r["metrics"].get("time/run_wall_min", 0.0) for runs in results.values() for r in runs)
     total_cpu = sum(r["metrics"].get("time/run_cpu_min", 0.0) for runs in results.values() for r in runs)
@@ -486,15 +503,16 @@ def write_outputs(dataset: str, settings: Mapping[str, Any], results: Mapping[st
         "total_wall_min": total_wall, "total_cpu_min": total_cpu,
     }
     os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, f"ablation_{dataset}")
+    base = os.path.join(out_dir, name or f"ablation_{dataset}")
     from custom.metrics import nan_to_none
     from custom.utils import atomic_write_text
 
     # compact: 4 decimals, no indentation (the cache keeps full precision)
     atomic_write_text(json.dumps(_rounded(nan_to_none(obj)), indent=None, separators=(",", ":")) + "\n", base + ".json")
     seeds = ",".join(str(s) for s in settings["seeds"])
+    depth = f", encoders to {settings['encoder_depth']}" if settings.get("encoder_depth") else ""
     header = (f"# Ablation on {dataset}\n\n`{command}`\n\nmean ± sample std over seeds [{seeds}]; "
-              f"{settings['image_size']} px, {settings['epochs']} pretraining epochs; best mean per column in bold. "
+              f"{settings['image_size']} px, {settings['epochs']} pretraining epochs{depth}; best mean per column in bold. "
               f"Total {total_wall:.1f} min wall, {total_cpu:.1f} min CPU.\n\n")
     atomic_write_text(header + table, base + ".md")
     if plot:

@@ -54,6 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from benchmarks.ablation import (
+    AblationStudy,
     override_settings,
     setup_benchmark_process,
     ARM_LABELS,
@@ -102,7 +103,7 @@ def default_settings() -> dict[str, Any]:
         "seeds": [0, 1, 2], "arms": list(CURVE_ARMS), "image_size": 32, "image_local_layer": "layer1",
         "image_global_layer": "layer2", "batch_size": 16, "lr": 1.0e-3, "epochs": 20,
         "eval_epochs": [1, 2, 5, 10, 20], "demo_train": 1200, "demo_val": 300, "demo_test": 300,
-        "eval_split": "validation",
+        "eval_split": "validation", "final_split": "test",
     }
 
 
@@ -264,14 +265,22 @@ class EvidenceStudy:
         self.cache, self.settings = os.path.abspath(cache), dict(settings)
         self.dataset_dir, self.datalist, self.log = os.path.abspath(dataset_dir), os.path.abspath(datalist), log
         self.prompts = os.path.join(BUNDLES, "reclf_cls", "configs", "prompts", "demo.yaml")
-        split = self.settings["eval_split"]
-        self.side = side_tasks(self.datalist, self.cache, self.prompts, splits=(split,), folder=f"side_tasks_{split}")
+        self.side = {split: side_tasks(self.datalist, self.cache, self.prompts, splits=(split,), folder=f"side_tasks_{split}")
+                     for split in self.splits()}
         self.decode_cache = os.path.join(self.cache, f"decoded_{int(settings['image_size'])}px")
         self._images: dict[str, Any] = {}
         self._filler = filler_vocabulary()
 
     def run_dir(self, arm: str, seed: int) -> str:
         return os.path.join(self.cache, arm, f"seed{int(seed)}")
+
+    def splits(self) -> list[str]:
+        """The curve split (``eval_split``), then the split of the final table (``final_split``, if set and other)."""
+        final = self.settings.get("final_split")
+        return [self.settings["eval_split"]] + ([final] if final and final != self.settings["eval_split"] else [])
+
+    def final_epoch(self) -> int:
+        return max(int(e) for e in self.settings["eval_epochs"] if int(e) <= int(self.settings["epochs"]))
 
     # ---- pretraining with snapshots ---------------------------------------------------------
     def pretrain(self, arm: str, seed: int) -> dict[str, Any]:
@@ -355,41 +364,42 @@ class EvidenceStudy:
             self._images[key] = ImageItems(items, int(self.settings["image_size"]))
         return self._images[key]
 
-    def _evidence_items(self) -> list[dict[str, Any]]:
-        if "evidence" not in self._images:
+    def _evidence_items(self, split: str) -> list[dict[str, Any]]:
+        key = f"evidence/{split}"
+        if key not in self._images:
             from custom.data import load_datalist
 
-            items = load_datalist(self.datalist, self.dataset_dir, self.settings["eval_split"], require=("image", "report"),
-                                  missing="skip")
-            self._images["evidence"] = [it for it in items if it.get("findings") and it.get("mask")]
-        return self._images["evidence"]
+            items = load_datalist(self.datalist, self.dataset_dir, split, require=("image", "report"), missing="skip")
+            self._images[key] = [it for it in items if it.get("findings") and it.get("mask")]
+        return self._images[key]
 
-    def evaluate(self, ckpt: str) -> dict[str, Any]:
-        """Every curve metric of one checkpoint on the evaluation split (flat dict)."""
+    def evaluate(self, ckpt: str, split: str | None = None) -> dict[str, Any]:
+        """Every curve metric of one checkpoint on ``split`` (default ``eval_split``; flat dict)."""
         import torch
 
         from custom.engines.pretrained import load_pretrained
         from custom.visualize import add_finding_masks, collect_evidence, grounding_from_records
         from custom.zero_shot import PairScorer, prompt_metrics
 
+        split = split or self.settings["eval_split"]
         model, tokenizer = load_pretrained(ckpt, "cpu")
         scorer = PairScorer(model, tokenizer, "cpu")
         metrics: dict[str, Any] = {}
         aurocs = []
         with torch.no_grad():
-            for finding, (task_list, task_prompts) in self.side.items():
-                images = self._image_items(f"side/{finding}", task_list, os.path.dirname(task_list), "test")
+            for finding, (task_list, task_prompts) in self.side[split].items():
+                images = self._image_items(f"side/{split}/{finding}", task_list, os.path.dirname(task_list), "test")
                 result = prompt_metrics(scorer, images, task_list, task_prompts)
                 metrics[f"side/{finding}"] = _finite(result.get("auroc_mean"))
                 metrics[f"side_acc/{finding}"] = _finite(result.get("acc"))
                 aurocs.append(metrics[f"side/{finding}"])
             metrics["side/auroc"] = aggregate(aurocs)["mean"]
-            images = self._image_items("zs", self.datalist, self.dataset_dir, self.settings["eval_split"])
+            images = self._image_items(f"zs/{split}", self.datalist, self.dataset_dir, split)
             metrics["zs/auroc_mean"] = _finite(prompt_metrics(scorer, images, self.datalist, self.prompts).get("auroc_mean"))
             if model.scorer is not None:
                 pre, post, remove = capture_matchings(model)
                 try:
-                    records = collect_evidence(model, tokenizer, self._evidence_items(), int(self.settings["image_size"]),
+                    records = collect_evidence(model, tokenizer, self._evidence_items(split), int(self.settings["image_size"]),
                                                batch_size=EVIDENCE_BATCH)
                 finally:
                     remove()
@@ -405,20 +415,23 @@ class EvidenceStudy:
             metrics["scale/attention"] = float(model.scorer.attention_scale()) if model.scorer is not None else None
         return metrics
 
-    def evaluate_snapshot(self, arm: str, seed: int, epoch: int, step: int) -> dict[str, Any]:
-        """``evals/epochNNN.json`` of (arm, seed): computed once from ``ckpts/epochNNN/``, then read."""
+    def evaluate_snapshot(self, arm: str, seed: int, epoch: int, step: int, split: str | None = None) -> dict[str, Any]:
+        """``evals/epochNNN.json`` of (arm, seed) on ``eval_split`` (``evals/<split>/epochNNN.json``
+        on another ``split``): computed once from ``ckpts/epochNNN/``, then read."""
         run_dir = self.run_dir(arm, seed)
-        path = os.path.join(run_dir, "evals", f"epoch{epoch:03d}.json")
+        split = split or self.settings["eval_split"]
+        path = os.path.join(run_dir, "evals", *([] if split == self.settings["eval_split"] else [split]),
+                            f"epoch{epoch:03d}.json")
         if os.path.exists(path):
             return _read_json(path)
         ckpt = os.path.join(run_dir, "ckpts", f"epoch{epoch:03d}", "model.pt")
         wall, cpu = time.perf_counter(), time.process_time()
-        metrics = self.evaluate(ckpt)
+        metrics = self.evaluate(ckpt, split)
         metrics["time/eval_wall_s"] = time.perf_counter() - wall
         metrics["time/eval_cpu_s"] = time.process_time() - cpu
         metrics["step"] = int(step)
         _write_json(metrics, path)
-        self.log(f"[evidence] {arm} seed {seed} epoch {epoch} (step {step}): side AUROC "
+        self.log(f"[evidence] {arm} seed {seed} epoch {epoch} (step {step}, {split}): side AUROC "
                  f"{format_cell({'mean': metrics['side/auroc']})}, zero-shot {format_cell({'mean': metrics['zs/auroc_mean']})}, "
                  f"grounding {format_cell({'mean': metrics.get('grounding')})}")
         return metrics
@@ -429,7 +442,10 @@ class EvidenceStudy:
         curve: dict[str, dict[str, Any]] = {}
         for epoch in sorted(int(e) for e in self.settings["eval_epochs"] if int(e) <= int(self.settings["epochs"])):
             curve[str(epoch)] = self.evaluate_snapshot(arm, seed, epoch, int(record["steps"][str(epoch)]))
-        return {"arm": arm, "seed": int(seed), "pretrain": record, "curve": curve}
+        last = self.final_epoch()
+        final = {split: self.evaluate_snapshot(arm, seed, last, int(record["steps"][str(last)]), split)
+                 for split in self.splits()[1:]}  # the final table's split: the last snapshot only
+        return {"arm": arm, "seed": int(seed), "pretrain": record, "curve": curve, "final": final}
 
     def run_all(self) -> dict[str, list[dict[str, Any]]]:
         """Every arm × seed, seed-major (a shortened study still has every arm at its first seeds)."""
@@ -457,8 +473,13 @@ class EvidenceStudy:
                     path = os.path.join(run_dir, "evals", f"epoch{int(epoch):03d}.json")
                     if os.path.exists(path):
                         curve[str(int(epoch))] = _read_json(path)
+                final = {}
+                for split in self.splits()[1:]:
+                    path = os.path.join(run_dir, "evals", split, f"epoch{self.final_epoch():03d}.json")
+                    if os.path.exists(path):
+                        final[split] = _read_json(path)
                 if curve:
-                    results.setdefault(arm, []).append({"arm": arm, "seed": int(seed), "curve": curve,
+                    results.setdefault(arm, []).append({"arm": arm, "seed": int(seed), "curve": curve, "final": final,
                                                         "pretrain": _read_json(done)})
         return results
 
@@ -490,6 +511,19 @@ def summarise_curves(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
                     "pretrain_wall_min": aggregate([r["pretrain"]["wall_s"] / 60 for r in runs]),
                     "pretrain_cpu_min": aggregate([r["pretrain"]["cpu_s"] / 60 for r in runs])}
     return out
+
+
+def summarise_final(results: Mapping[str, Sequence[Mapping[str, Any]]], split: str) -> dict[str, dict[str, Any]]:
+    """:func:`summarise_curves` of the runs' last snapshot on ``split`` (the final table; arms
+    without it are left out)."""
+    finals: dict[str, list[dict[str, Any]]] = {}
+    for arm, runs in results.items():
+        for r in runs:
+            metrics = r.get("final", {}).get(split)
+            if metrics:
+                last = max(r["curve"], key=int) if r["curve"] else "0"
+                finals.setdefault(arm, []).append({"seed": r["seed"], "pretrain": r["pretrain"], "curve": {last: metrics}})
+    return summarise_curves(finals)
 
 
 def _at(s: Mapping[str, Any], epoch: int | None) -> int:
@@ -573,25 +607,37 @@ def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Ma
     from custom.utils import atomic_write_text
 
     summary = summarise_curves(results)
-    runs = {arm: [{"seed": r["seed"], "pretrain": r["pretrain"], "curve": r["curve"]} for r in rs]
-            for arm, rs in results.items()}
+    final_split = settings.get("final_split")
+    final = summarise_final(results, final_split) if final_split else {}
+    runs = {arm: [{"seed": r["seed"], "pretrain": r["pretrain"], "curve": r["curve"], "final": r.get("final", {})}
+                  for r in rs] for arm, rs in results.items()}
     settings = dict(settings)
     for earlier in merge or ():  # arms aggregated by an earlier process of the same study
         for arm, s in earlier["summary"].items():
             if arm not in summary:
                 summary[arm], runs[arm] = s, earlier["runs"][arm]
+                if arm in earlier.get("final", {}):
+                    final[arm] = earlier["final"][arm]
     order = list(all_arms())
     summary = {arm: summary[arm] for arm in sorted(summary, key=order.index)}
+    final = {arm: final[arm] for arm in summary if arm in final}
     settings["arms"] = list(summary)
-    obj = {"command": command, "settings": settings, "summary": summary, "runs": {arm: runs[arm] for arm in summary}}
+    obj = {"command": command, "settings": settings, "summary": summary, "final": final,
+           "runs": {arm: runs[arm] for arm in summary}}
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)
     atomic_write_text(json.dumps(_rounded(nan_to_none(obj)), indent=None, separators=(",", ":")) + "\n", base + ".json")
-    header = (f"# Evidence: learning curves on the demo ({settings['eval_split']} split)\n\n`{command}`\n\n"
+    header = (f"# Evidence on the demo: curves on the {settings['eval_split']} split"
+              + (f", final table on the {final_split} split" if final else "") + f"\n\n`{command}`\n\n"
               f"{settings['image_size']} px, grid from {settings['image_local_layer']}, global from "
               f"{settings['image_global_layer']}, batch {settings['batch_size']}, {settings['epochs']} epochs of "
               f"{settings['demo_train']} pairs; mean ± sample std over seeds; values at the last evaluated step.\n\n")
-    text = header + final_table(summary) + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(summary)
+    text = ""
+    if final:
+        text += (f"## The final table: {final_split} split, the last snapshot\n\n" + final_table(final)
+                 + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(final)
+                 + f"\n## The curves: {settings['eval_split']} split\n\n")
+    text = header + text + final_table(summary) + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(summary)
     for epoch in sorted({int(e) for e in settings["eval_epochs"]})[:-1]:  # the same step for every arm that reached it
         text += (f"\n## At epoch {epoch} (arms that did not reach it: their last step)\n\n" + final_table(summary, epoch=epoch)
                  + "\n" + per_finding_table(summary, epoch=epoch))
@@ -599,6 +645,55 @@ def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Ma
     if plot:
         plot_curves(summary, base + ".png", f"reclf learning curves, demo {settings['eval_split']} (mean ± std over seeds)")
     return obj
+
+
+# --------------------------------------------------------------------------------------------
+# The downstream tasks at this budget
+# --------------------------------------------------------------------------------------------
+
+
+def downstream_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ablation's downstream settings at the study's budget: every task of
+    :class:`benchmarks.ablation.AblationStudy` (zero-shot, probe 1/10/100 %, retrieval,
+    segmentation 10/100 %) on the test split, the probes' and U-Nets' encoders stopping at the
+    pretrained stage (``image_global_layer``; the random-init baseline at the same depth)."""
+    keys = ("seeds", "image_size", "batch_size", "lr", "epochs", "demo_train", "demo_val", "demo_test",
+            "image_local_layer", "image_global_layer")
+    return dict({k: settings[k] for k in keys}, arms=["random_init", *settings["arms"]],
+                probe_fractions=[0.01, 0.1, 1.0], seg_fractions=[0.1, 1.0], seg_train_samples=300, seg_batch_size=16,
+                encoder_depth=settings["image_global_layer"])
+
+
+def run_downstream(study: EvidenceStudy, settings: Mapping[str, Any], out_dir: str, command: str,
+                   aggregate_only: bool = False, plot: bool = True,
+                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every downstream task on the last snapshot of each (arm, seed) of ``study`` (pretrained
+    first where missing), cached under ``<cache>/downstream/``; writes ``evidence_downstream_demo.*``.
+    ``overrides``: of :func:`downstream_settings` (e.g. fewer label fractions)."""
+    from benchmarks.ablation import write_outputs as write_ablation
+
+    dsettings = dict(downstream_settings(settings), **(overrides or {}))
+    cache = os.path.join(study.cache, "downstream")
+    os.makedirs(cache, exist_ok=True)
+    check_cache_settings(cache, dsettings)
+    last = study.final_epoch()
+
+    def pretrained(arm: str, seed: int) -> tuple[str, dict[str, Any]]:
+        record = study.pretrain(arm, seed)
+        ckpt = os.path.join(study.run_dir(arm, seed), "ckpts", f"epoch{last:03d}", "model.pt")
+        return ckpt, {"metrics": {}, "wall_s": record["wall_s"], "cpu_s": record["cpu_s"]}
+
+    arms = {"random_init": None, **{a: study.arms[a] for a in settings["arms"]}}
+    ablation = AblationStudy("demo", cache, dsettings, study.dataset_dir, study.datalist, log=study.log, arms=arms,
+                             pretrained=pretrained, compositional=False)
+    if aggregate_only:
+        results = {arm: [_read_json(p) for seed in dsettings["seeds"]
+                         if os.path.exists(p := os.path.join(ablation.run_dir(arm, seed), "result.json"))]
+                   for arm in dsettings["arms"]}
+        results = {arm: runs for arm, runs in results.items() if runs}
+    else:
+        results = ablation.run_all()
+    return write_ablation("demo", dsettings, results, out_dir, command, plot=plot, name="evidence_downstream_demo")
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,10 +729,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demo_train", type=int)
     p.add_argument("--demo_val", type=int)
     p.add_argument("--demo_test", type=int)
+    p.add_argument("--eval_split", help="split of the curves (default validation: the budget is chosen on it)")
+    p.add_argument("--final_split", help="split of the final table, the last snapshot only (default test; '' = none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (run seeds as parallel processes instead)")
     p.add_argument("--aggregate_only", action="store_true", help="only aggregate what the cache holds")
     p.add_argument("--partial", action="store_true", help="aggregate unfinished runs' snapshots too")
     p.add_argument("--no_plot", action="store_true")
+    p.add_argument("--downstream", action="store_true",
+                   help="then every downstream task on each run's last snapshot (+ a random-init encoder of the "
+                        "same depth): <out>/evidence_downstream_demo.{json,md,png}")
     p.add_argument("--merge", type=_str_list, default=[],
                    help="earlier outputs (.json) of the same settings whose other arms join this table")
     return p.parse_args(argv)
@@ -661,6 +761,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.getLogger("reclf").info("evidence written to %s", os.path.join(args.out, args.name))
     with open(os.path.join(args.out, f"{args.name}.md"), encoding="utf-8") as f:
         print(f.read())
+    if args.downstream:
+        obj["downstream"] = run_downstream(study, settings, args.out, command.strip(), args.aggregate_only,
+                                           plot=not args.no_plot)
+        with open(os.path.join(args.out, "evidence_downstream_demo.md"), encoding="utf-8") as f:
+            print(f.read())
     return obj
 
 

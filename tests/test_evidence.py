@@ -81,7 +81,7 @@ def test_image_encoder_stages_default_unchanged_and_truncated():
 def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
     cache, out = str(tmp_path / "cache"), str(tmp_path / "out")
     argv = ["--cache", cache, "--out", out, "--arms", "[convirt,reclf]", "--seeds", "[0]", "--epochs", "2",
-            "--eval_epochs", "[1,2]", "--demo_train", "32", "--demo_val", "48", "--demo_test", "4", "--no_plot"]
+            "--eval_epochs", "[1,2]", "--demo_train", "32", "--demo_val", "48", "--demo_test", "48", "--no_plot"]
     obj = evidence.main(argv)
     summary = obj["summary"]
     assert set(summary) == {"convirt", "reclf"}
@@ -97,7 +97,14 @@ def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
     assert 0.0 < chance < 1.0 and 0.0 <= reclf["grounding"][-1]["mean"] <= 1.0
     assert 0.0 <= reclf["srm/own_mass"][-1]["mean"] <= 1.0 and reclf["irm/finding"][-1]["mean"] > 0
     assert "probe/r2" in reclf and "probe/r2_srm" in reclf
+    # the final table: the last snapshot on the test split, beside (not instead of) the validation curves
+    assert set(obj["final"]) == {"convirt", "reclf"} and obj["final"]["reclf"]["epochs"] == [2]
+    final_side = obj["final"]["reclf"]["metrics"]["side/auroc"][0]["mean"]
+    assert 0.0 <= final_side <= 1.0
     run = os.path.join(cache, "reclf", "seed0")
+    test_eval = json.load(open(os.path.join(run, "evals", "test", "epoch002.json"), encoding="utf-8"))
+    assert test_eval["side/auroc"] == final_side and test_eval["step"] == 4
+    assert test_eval["zs/auroc_mean"] != summary["reclf"]["metrics"]["zs/auroc_mean"][-1]["mean"]  # other images
     meta = json.load(open(os.path.join(run, "ckpts", "epoch002", "model.json"), encoding="utf-8"))
     assert (meta["image_local_layer"], meta["image_global_layer"]) == ("layer1", "layer2")
     from custom.engines.pretrained import load_pretrained
@@ -128,6 +135,24 @@ def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
     assert merged["runs"]["reclf"][0]["curve"]["2"]["step"] == 4  # the per-run curves travel with the output
     with pytest.raises(ValueError, match=r"other settings \(epochs\)"):
         evidence.read_earlier_output(str(tmp_path / "earlier.json"), {**obj["settings"], "epochs": 3})
+    assert merged["final"]["convirt"] == json.load(open(str(tmp_path / "earlier.json")))["final"]["convirt"]
+
+    # the downstream tasks on the runs' last snapshots (no retraining), with a random-init
+    # encoder of the same depth; label fractions cut to one to keep this short
+    settings = dict(obj["settings"], arms=["reclf"])
+    study = evidence.EvidenceStudy(cache, settings, os.path.join(cache, "data"), os.path.join(cache, "data", "datalist.json"))
+    down = evidence.run_downstream(study, settings, out, "test", plot=False,
+                                   overrides={"probe_fractions": [1.0], "seg_fractions": [1.0], "seg_train_samples": 64})
+    assert set(down["summary"]) == {"random_init", "reclf"}
+    for arm in ("random_init", "reclf"):
+        assert 0.0 <= down["summary"][arm]["lp100/auroc_mean"]["mean"] <= 1.0
+        assert 0.0 <= down["summary"][arm]["seg100/dice"]["mean"] <= 1.0
+    assert "zs/auroc_mean" in down["summary"]["reclf"] and "zs/auroc_mean" not in down["summary"]["random_init"]
+    pretrain_done = json.load(open(os.path.join(run, "pretrain_done.json"), encoding="utf-8"))
+    assert down["runs"]["reclf"][0]["stages"]["pretrain"]["cpu_s"] == pretrain_done["cpu_s"]  # reused, not retrained
+    assert [c["key"] for c in down["columns"]][:2] == ["zs/auroc_mean", "lp100/auroc_mean"]  # no finding × side here
+    stage = json.load(open(os.path.join(cache, "downstream", "random_init", "seed0", "stages", "lp100.json"), encoding="utf-8"))
+    assert stage["metrics"]["encoder_depth"] == "layer2"  # the baseline stops where the pretraining did
 
 
 def test_srm_locality_option_off_by_default_and_a_distance_prior_when_on():

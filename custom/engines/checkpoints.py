@@ -260,6 +260,9 @@ def optional_pretrained(ckpt: Any) -> str | None:
     path = as_optional_path(ckpt)
     if path is not None and os.path.isfile(path):
         return path
+    if path is None:  # pretrained_ckpt: "" asks for the baseline
+        logger.info("no pretrained checkpoint given: starting from random init (the baseline)")
+        return None
     logger.warning("pretrained checkpoint %r not found: starting from random init (%s)", path, PRETRAIN_FIRST)
     return None
 
@@ -301,14 +304,21 @@ def pretrained_image_encoder_name(ckpt: str, needs_stage: str | None = None) -> 
     with a truncated tower (``image_global_layer`` before it: those stages never trained) is
     refused rather than silently used with random deep stages."""
     content = read_meta(ckpt, verify=False)  # load_image_tower reads the weights next
-    trained_to = content.get("image_global_layer", "layer4")
+    trained_to = pretrained_depth(ckpt, content)
     if needs_stage is not None and trained_to < needs_stage:  # "layer1" < ... < "layer4"
         raise ValueError(
             f"{ckpt!r} was pretrained with image_global_layer={trained_to!r}: its stages after {trained_to} never "
-            f"trained, and this network uses them up to {needs_stage}. Pretrain with the default "
-            "image_global_layer: layer4 for downstream use"
+            f"trained, and this network uses them up to encoder_depth={needs_stage!r}. Leave encoder_depth unset "
+            f"(the network then stops at {trained_to}) or pretrain with image_global_layer: layer4"
         )
     return content["image_encoder"]
+
+
+def pretrained_depth(ckpt: str, content: dict[str, Any] | None = None) -> str:
+    """The deepest ResNet stage a pretraining checkpoint trained: its ``image_global_layer``
+    (``layer4`` unless the tower was truncated); the default ``encoder_depth`` downstream."""
+    content = read_meta(ckpt, verify=False) if content is None else content
+    return str(content.get("image_global_layer", "layer4"))
 
 
 def load_image_tower(encoder: torch.nn.Module, ckpt: str) -> None:
@@ -325,7 +335,7 @@ def load_image_tower(encoder: torch.nn.Module, ckpt: str) -> None:
 
 
 def build_classifier(num_classes: int, image_encoder: str = "resnet18", pretrained_ckpt: Any = "",
-                     freeze_encoder: bool = True) -> torch.nn.Module:
+                     freeze_encoder: bool = True, encoder_depth: str | None = None) -> torch.nn.Module:
     """The reclf_cls network: :class:`custom.nets.classifier.ImageClassifier`, its encoder
     initialised from a pretraining checkpoint's image tower.
 
@@ -334,6 +344,9 @@ def build_classifier(num_classes: int, image_encoder: str = "resnet18", pretrain
             ``pretrained_ckpt`` is given: the checkpoint's own encoder, from its ``model.json``).
         pretrained_ckpt: a ``reclf_pretrain`` ``model.pt``; ``""`` / None = random init (the baseline).
         freeze_encoder: linear probing (no encoder gradients, eval-mode batch norm).
+        encoder_depth: the deepest ResNet stage run, whose pooled features feed the head; None =
+            the stages the checkpoint trained (its ``image_global_layer``; ``layer4`` without one).
+            Deeper than the checkpoint trained is refused.
 
     Returns:
         the network; forward: images (B, 1, H, W) in [0, 1] -> logits (B, C).
@@ -341,27 +354,32 @@ def build_classifier(num_classes: int, image_encoder: str = "resnet18", pretrain
     from ..nets.classifier import ImageClassifier
 
     ckpt = as_optional_path(pretrained_ckpt)
-    net = ImageClassifier(num_classes, pretrained_image_encoder_name(ckpt, "layer4") if ckpt else image_encoder,
-                          freeze_encoder=freeze_encoder)
+    depth = encoder_depth or (pretrained_depth(ckpt) if ckpt else "layer4")
+    net = ImageClassifier(num_classes, pretrained_image_encoder_name(ckpt, depth) if ckpt else image_encoder,
+                          freeze_encoder=freeze_encoder, encoder_depth=depth)
     if ckpt:
         load_image_tower(net.encoder, ckpt)
     return net
 
 
 def build_segmenter(image_encoder: str = "resnet18", pretrained_ckpt: Any = "", freeze_encoder: Any = False,
-                    out_channels: int = 1, decoder_channels: Any = (128, 64, 32, 16)) -> torch.nn.Module:
+                    out_channels: int = 1, decoder_channels: Any = (128, 64, 32, 16),
+                    encoder_depth: str | None = None) -> torch.nn.Module:
     """The reclf_seg network: :class:`custom.nets.seg_unet.SegUNet`, its encoder initialised from a
     pretraining checkpoint's image tower (arguments as :func:`build_classifier`; ``out_channels``
-    and ``decoder_channels`` as SegUNet's).
+    and ``decoder_channels`` as SegUNet's; ``encoder_depth``: where the U-Net's encoder stops,
+    None = the stages the checkpoint trained).
 
     Returns:
-        the network; forward: images (B, 1, H, W), H and W multiples of 32 -> logits (B, out_channels, H, W).
+        the network; forward: images (B, 1, H, W), H and W multiples of 32 (of the stride of
+        ``encoder_depth``) -> logits (B, out_channels, H, W).
     """
     from ..nets.seg_unet import SegUNet
 
     ckpt = as_optional_path(pretrained_ckpt)
-    net = SegUNet(pretrained_image_encoder_name(ckpt, "layer4") if ckpt else image_encoder, freeze_encoder=freeze_encoder,
-                  out_channels=out_channels, decoder_channels=decoder_channels)
+    depth = encoder_depth or (pretrained_depth(ckpt) if ckpt else "layer4")
+    net = SegUNet(pretrained_image_encoder_name(ckpt, depth) if ckpt else image_encoder, freeze_encoder=freeze_encoder,
+                  out_channels=out_channels, decoder_channels=decoder_channels, encoder_depth=depth)
     if ckpt:
         load_image_tower(net.encoder, ckpt)
     return net
@@ -375,9 +393,11 @@ def network_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
     if name == "SegUNet":
         from ..nets.seg_unet import SegUNet
 
-        return SegUNet(meta["image_encoder"], out_channels=int(meta.get("out_channels", 1)))
+        return SegUNet(meta["image_encoder"], out_channels=int(meta.get("out_channels", 1)),
+                       encoder_depth=meta.get("encoder_depth", "layer4"))
     if name == "ImageClassifier" or (name is None and "class_names" in meta):  # linear probes name no network
         from ..nets.classifier import ImageClassifier
 
-        return ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"])
+        return ImageClassifier(len(meta["class_names"]), image_encoder=meta["image_encoder"],
+                               encoder_depth=meta.get("encoder_depth", "layer4"))
     raise CheckpointError(f"model.json names network {name!r}: expected SegUNet or ImageClassifier")

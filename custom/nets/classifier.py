@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..utils import as_optional_path
-from .image_encoder import ImageEncoder
+from .image_encoder import STAGES, ImageEncoder, stage_channels
 
 
 def refuse_path(pretrained_ckpt: Any, network: str, builder: str) -> None:
@@ -19,11 +19,17 @@ def refuse_path(pretrained_ckpt: Any, network: str, builder: str) -> None:
             f"{network} reads no checkpoint files (pretrained_ckpt={pretrained_ckpt!r}): use "
             f"_target_: custom.engines.checkpoints.{builder} (same arguments) to start from a pretraining checkpoint")
 
-FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+
+def check_encoder_depth(encoder_depth: Any) -> str:
+    """``encoder_depth`` as a ResNet stage name, or a clear error."""
+    depth = str(encoder_depth)
+    if depth not in STAGES:
+        raise ValueError(f"encoder_depth: expected one of {list(STAGES)}, got {encoder_depth!r}")
+    return depth
 
 
 class ImageClassifier(nn.Module):
-    """Pretrained ResNet image tower + a linear head on its pooled ``layer4`` features.
+    """Pretrained ResNet image tower + a linear head on its pooled ``encoder_depth`` features.
 
     Args:
         num_classes: C output logits (one per class; multi-label or multi-class alike).
@@ -32,20 +38,24 @@ class ImageClassifier(nn.Module):
             ``pretrained_ckpt: ""``); the network reads no files: initialise from a pretraining
             checkpoint with :func:`custom.engines.checkpoints.build_classifier`.
         freeze_encoder: keep the encoder fixed (linear probing): no gradients, eval-mode batch norm.
+        encoder_depth: the deepest ResNet stage run (default ``layer4``); its pooled output feeds
+            the head. A tower pretrained with ``image_global_layer: layer2`` trained only the stages
+            up to ``layer2``: :func:`~custom.engines.checkpoints.build_classifier` then stops there.
 
     Forward: images (B, 1, H, W) in [0, 1] → logits (B, C).
     """
 
     def __init__(self, num_classes: int, image_encoder: str = "resnet18", pretrained_ckpt: Any = None,
-                 freeze_encoder: bool = True) -> None:
+                 freeze_encoder: bool = True, encoder_depth: str = "layer4") -> None:
         super().__init__()
         refuse_path(pretrained_ckpt, "ImageClassifier", "build_classifier")
         name = str(image_encoder)
-        if name not in FEATURE_DIMS:
-            raise ValueError(f"image_encoder: expected one of {sorted(FEATURE_DIMS)}, got {name!r}")
+        self.encoder_depth = check_encoder_depth(encoder_depth)
         self.encoder_name = name
-        self.encoder = ImageEncoder(name)
-        self.head = nn.Linear(FEATURE_DIMS[name], int(num_classes))
+        channels = stage_channels(name)  # validates name
+        # the region grid is unused here; layer1 is valid beneath every depth
+        self.encoder = ImageEncoder(name, local_layer="layer1", global_layer=self.encoder_depth)
+        self.head = nn.Linear(channels[self.encoder_depth], int(num_classes))
         self.freeze_encoder = bool(freeze_encoder)
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)

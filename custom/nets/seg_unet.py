@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import as_bool
-from .classifier import refuse_path
-from .image_encoder import RESNET_SPECS, ImageEncoder
+from .classifier import check_encoder_depth, refuse_path
+from .image_encoder import RESNET_SPECS, STAGES, ImageEncoder, stage_channels
 
-# the stride-2 stages the decoder climbs back through: stem (H/2), layer1 (H/4), layer2 (H/8),
-# layer3 (H/16), layer4 (H/32); the input side must be a multiple of this
-STRIDE = 32
+def depth_stride(encoder_depth: str) -> int:
+    """The input-side multiple a SegUNet of ``encoder_depth`` needs: the stride of the deepest
+    stage the decoder climbs back from (stem H/2, layer1 H/4 ... layer4 H/32)."""
+    return 2 ** (STAGES.index(encoder_depth) + 2)
 
 
 class DecoderBlock(nn.Module):
@@ -46,7 +47,9 @@ class SegUNet(nn.Module):
     The encoder is the very module the pretraining trains (same class, same parameter names), so a
     ``reclf_pretrain`` ``model.pt`` loads into it strictly. The decoder climbs from ``layer4``
     (H/32) to H/2 in four upsampling blocks, each concatenating the encoder stage of its
-    resolution: ``layer3`` (H/16), ``layer2`` (H/8), ``layer1`` (H/4) and the stem (H/2); a 1×1
+    resolution: ``layer3`` (H/16), ``layer2`` (H/8), ``layer1`` (H/4) and the stem (H/2) (from
+    ``encoder_depth`` when that is shallower: ``layer2`` gives two blocks, to ``layer1`` and the
+    stem, the last two of ``decoder_channels``); a 1×1
     convolution gives logits at H/2, upsampled bilinearly to H. A decoder block at full resolution
     would cost as much as the whole encoder on a CPU (measured: ~2× slower training at 128 px) for
     a boundary refinement of one pixel; the decoder is also kept thin (128 → 16 channels) so that
@@ -61,8 +64,13 @@ class SegUNet(nn.Module):
             norm (the pretraining statistics); only the decoder trains.
         out_channels: logit channels (1: one foreground class, sigmoid).
         decoder_channels: output channels of the four decoder blocks, deepest first.
+        encoder_depth: the deepest encoder stage run (default ``layer4``). A tower pretrained with
+            ``image_global_layer: layer2`` trained only the stages up to ``layer2``:
+            :func:`~custom.engines.checkpoints.build_segmenter` then stops the U-Net there rather
+            than decode from random deep stages.
 
-    Forward: images (B, 1, H, W) in [0, 1], H and W multiples of 32 → logits (B, out_channels, H, W).
+    Forward: images (B, 1, H, W) in [0, 1], H and W multiples of 32 (``encoder_depth`` ``layer3``:
+    16, ``layer2``: 8, ``layer1``: 4) → logits (B, out_channels, H, W).
     """
 
     def __init__(
@@ -72,6 +80,7 @@ class SegUNet(nn.Module):
         freeze_encoder: Any = False,
         out_channels: int = 1,
         decoder_channels: Sequence[int] = (128, 64, 32, 16),
+        encoder_depth: str = "layer4",
     ) -> None:
         super().__init__()
         refuse_path(pretrained_ckpt, "SegUNet", "build_segmenter")
@@ -81,15 +90,18 @@ class SegUNet(nn.Module):
         if len(decoder_channels) != 4:
             raise ValueError(f"decoder_channels: expected 4 values (one per decoder block), got {decoder_channels!r}")
         self.encoder_name = name
-        self.encoder = ImageEncoder(name)
+        self.encoder_depth = check_encoder_depth(encoder_depth)
+        self.stride = depth_stride(self.encoder_depth)
+        self.encoder = ImageEncoder(name, local_layer="layer1", global_layer=self.encoder_depth)
         self.freeze_encoder = as_bool(freeze_encoder, "freeze_encoder")
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
         # encoder stage widths: stem 64, then 64·e, 128·e, 256·e, 512·e (e = 4 for bottleneck blocks)
-        expansion = RESNET_SPECS[name][3] // 512
-        skips = (256 * expansion, 128 * expansion, 64 * expansion, 64)
-        widths = [512 * expansion, *map(int, decoder_channels)]
-        self.decoder = nn.ModuleList(DecoderBlock(widths[i], skips[i], widths[i + 1]) for i in range(4))
+        channels = stage_channels(name)
+        blocks = STAGES.index(self.encoder_depth) + 1  # one decoder block per stage below the deepest
+        skips = [channels[s] for s in STAGES[: blocks - 1][::-1]] + [64]
+        widths = [channels[self.encoder_depth], *map(int, list(decoder_channels)[4 - blocks:])]
+        self.decoder = nn.ModuleList(DecoderBlock(widths[i], skips[i], widths[i + 1]) for i in range(blocks))
         self.head = nn.Conv2d(widths[-1], int(out_channels), kernel_size=1)
 
     def train(self, mode: bool = True) -> SegUNet:
@@ -100,27 +112,31 @@ class SegUNet(nn.Module):
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The encoder stages, shallowest first: stem (B, 64, H/2, W/2), layer1 (H/4), layer2 (H/8),
-        layer3 (H/16), layer4 (B, 512·e, H/32, W/32)."""
+        layer3 (H/16), layer4 (B, 512·e, H/32, W/32), up to ``encoder_depth``."""
         enc = self.encoder
         net = enc.backbone
         x = (images - enc.mean) / enc.std  # the pretraining's input normalisation
         stem = net.act(net.bn1(net.conv1(x)))
         x = net.maxpool(stem) if not net.no_max_pool else stem
-        l1 = net.layer1(x)
-        l2 = net.layer2(l1)
-        l3 = net.layer3(l2)
-        return [stem, l1, l2, l3, net.layer4(l3)]
+        stages = [stem, net.layer1(x)]
+        if enc.global_stage >= 2:
+            stages.append(net.layer2(stages[-1]))
+        if enc.global_stage >= 3:
+            stages.append(net.layer3(stages[-1]))
+        if enc.global_stage >= 4:
+            stages.append(net.layer4(stages[-1]))
+        return stages
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        if height % STRIDE or width % STRIDE:
-            raise ValueError(f"SegUNet input {height}x{width}: both sides must be multiples of {STRIDE} (image_size)")
+        if height % self.stride or width % self.stride:
+            raise ValueError(f"SegUNet input {height}x{width}: both sides must be multiples of {self.stride} (image_size)")
         if self.freeze_encoder:
             with torch.no_grad():  # nothing to back-propagate into: keep no encoder graph
                 stages = self.encode(images)
         else:
             stages = self.encode(images)
         x = stages[-1]
-        for block, skip in zip(self.decoder, stages[-2::-1]):  # layer3, layer2, layer1, stem
+        for block, skip in zip(self.decoder, stages[-2::-1]):  # layer3, layer2, layer1, stem (below the deepest)
             x = block(x, skip)
         return F.interpolate(self.head(x), size=(height, width), mode="bilinear", align_corners=False)

@@ -224,6 +224,7 @@ class LinearProbe:
             "num_classes": len(self.class_names),
             "multi_label": self.multi_label,
             "image_encoder": net.encoder_name,
+            "encoder_depth": net.encoder_depth,
             "image_size": self.image_size,
             "label_fraction": self.label_fraction,
             "label_seed": record["label_seed"],
@@ -257,7 +258,8 @@ class LinearProbe:
         out.update(eval_split=self.eval_split, checkpoint=os.path.abspath(self.save_path),
                    checkpoint_label_seed=self.label_seeds[0], label_fraction=self.label_fraction,
                    label_seeds=self.label_seeds,
-                   pretrained_ckpt=os.path.abspath(self.pretrained_ckpt) if self.pretrained_ckpt else None)
+                   pretrained_ckpt=os.path.abspath(self.pretrained_ckpt) if self.pretrained_ckpt else None,
+                   image_encoder=unwrap(self.network).encoder_name, encoder_depth=unwrap(self.network).encoder_depth)
         for record in per_seed:
             prefix = f"seed{record['label_seed']}/"
             out.update({prefix + k: v for k, v in record.items() if k in keys or k in ("n_train", "best_epoch")

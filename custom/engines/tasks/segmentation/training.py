@@ -189,7 +189,7 @@ def save_segmenter(network: torch.nn.Module, path: str, meta: dict[str, Any]) ->
     from ...checkpoints import write_checkpoint
 
     net = unwrap(network)
-    info = {"network": "SegUNet", "image_encoder": net.encoder_name,
+    info = {"network": "SegUNet", "image_encoder": net.encoder_name, "encoder_depth": net.encoder_depth,
             "freeze_encoder": bool(net.freeze_encoder), "out_channels": int(net.head.out_channels),
             "threshold": THRESHOLD, **meta}
     write_checkpoint(path, net.state_dict(), info, "segmentation")
