@@ -648,6 +648,36 @@ def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Ma
 
 
 # --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+FIGURE_INDICES = "2,15,23"
+"""Validation studies rendered by :func:`render_figures`: each holds two lateral findings on
+opposite sides (the binding case; generator seed 0, 300 validation studies)."""
+
+
+def render_figures(study: EvidenceStudy, arms: Sequence[str], out_dir: str, seed: int = 0) -> list[str]:
+    """``reclf_pretrain/configs/visualize.yaml`` on the last snapshot of (arm, ``seed``) for each
+    arm with word–region attention: word→region attention, IRM weights and SRM relations of the
+    :data:`FIGURE_INDICES` studies of the curve split, into ``<out_dir>/evidence_visualize/<arm>/``."""
+    from benchmarks.ablation import run_bundle
+
+    written = []
+    last = study.final_epoch()
+    for arm in arms:
+        ckpt = os.path.join(study.run_dir(arm, seed), "ckpts", f"epoch{last:03d}", "model.pt")
+        if study.arms[arm].get("objective", "reclf") == "convirt" or not os.path.isfile(ckpt):
+            continue  # no word-region attention / not trained
+        target = os.path.join(out_dir, "evidence_visualize", arm)
+        run_bundle("reclf_pretrain/configs/visualize.yaml", ckpt=ckpt, datalist=study.datalist,
+                   dataset_dir=study.dataset_dir, eval_split=study.settings["eval_split"], indices=FIGURE_INDICES,
+                   image_size=int(study.settings["image_size"]), device="cpu", visualize_dir=target,
+                   bundle_root=os.path.join(BUNDLES, "reclf_pretrain"), grounding_samples=0)
+        written.append(target)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
 # The downstream tasks at this budget
 # --------------------------------------------------------------------------------------------
 
@@ -738,6 +768,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--downstream", action="store_true",
                    help="then every downstream task on each run's last snapshot (+ a random-init encoder of the "
                         "same depth): <out>/evidence_downstream_demo.{json,md,png}")
+    p.add_argument("--figures", action="store_true",
+                   help=f"then visualize.yaml figures of studies {FIGURE_INDICES} for seed 0 of each arm with attention")
     p.add_argument("--merge", type=_str_list, default=[],
                    help="earlier outputs (.json) of the same settings whose other arms join this table")
     return p.parse_args(argv)
@@ -761,6 +793,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.getLogger("reclf").info("evidence written to %s", os.path.join(args.out, args.name))
     with open(os.path.join(args.out, f"{args.name}.md"), encoding="utf-8") as f:
         print(f.read())
+    if args.figures:
+        render_figures(study, settings["arms"], args.out)
     if args.downstream:
         obj["downstream"] = run_downstream(study, settings, args.out, command.strip(), args.aggregate_only,
                                            plot=not args.no_plot)

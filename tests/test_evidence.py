@@ -153,6 +153,10 @@ def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
     assert [c["key"] for c in down["columns"]][:2] == ["zs/auroc_mean", "lp100/auroc_mean"]  # no finding × side here
     stage = json.load(open(os.path.join(cache, "downstream", "random_init", "seed0", "stages", "lp100.json"), encoding="utf-8"))
     assert stage["metrics"]["encoder_depth"] == "layer2"  # the baseline stops where the pretraining did
+    # figures of the fixed validation studies from the last snapshot (ConVIRT has no attention to show)
+    written = evidence.render_figures(study, ["convirt", "reclf"], out)
+    assert written == [os.path.join(out, "evidence_visualize", "reclf")]
+    assert len([f for f in os.listdir(written[0]) if f.startswith("validation_") and f.endswith(".png")]) == 3
 
 
 def test_srm_locality_option_off_by_default_and_a_distance_prior_when_on():
