@@ -1,7 +1,10 @@
 """Learning curves of the relation question: does an arm bind a finding word to its side?
 
-    python -m benchmarks.evidence                       # the study (docs/results.md, "Evidence")
+    python -m benchmarks.evidence                       # the curves + the test-split table
     python -m benchmarks.evidence --arms "[convirt,reclf]" --seeds "[0]"   # a subset (resumes)
+    python -m benchmarks.evidence --aggregate_only --downstream --figures --interventions
+        # then, on each run's last snapshot: every downstream task, figures, relation-module
+        # interventions at inference (benchmarks/evidence_followups.py)
 
 The sibling of :mod:`benchmarks.ablation` (its arms, demo data, finding × side task sets, cache
 checks and aggregation are imported from there). Where the ablation scores one checkpoint per
@@ -36,15 +39,20 @@ Cache: ``<cache>/<arm>/seed<k>/`` holds ``ckpts/epochNNN/``, ``evals/epochNNN.js
 A cache refuses other settings (``settings.json``). Several processes may work on disjoint
 (arm, seed) sets of one cache at once (``--arms`` / ``--seeds``); the last one aggregates.
 
+The last snapshot is also scored on ``final_split`` (default **test**: ``evals/test/``), the
+final table; the budget and every reading of the curves stay on validation.
+
 Outputs: ``<out>/evidence_demo.json`` (per arm, per evaluated step: mean, sample std, n and
-per-seed values of every metric; settings; times), ``.md`` (the final-step table) and ``.png``
-(the curves, mean ± std over seeds).
+per-seed values of every metric; the final-split table under ``final``; settings; times),
+``.md`` (the final table, then the curve split's tables) and ``.png`` (the curves, mean ± std
+over seeds); with the follow-up switches ``evidence_downstream_demo.*``,
+``evidence_visualize/<arm>/`` and ``evidence_interventions_demo.*``. Diagnostics:
+:mod:`benchmarks.evidence_diagnostics`; tables and plot: :mod:`benchmarks.evidence_report`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -54,10 +62,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from benchmarks.ablation import (
-    AblationStudy,
     override_settings,
     setup_benchmark_process,
-    ARM_LABELS,
     ARMS,
     BUNDLES,
     LATERAL_FINDINGS,
@@ -69,7 +75,10 @@ from benchmarks.ablation import (
     prepare_demo,
     side_tasks,
 )
-from benchmarks.report import _finite, _read_json, _rounded, _write_json, aggregate, format_cell
+from benchmarks.evidence_diagnostics import capture_matchings, diagnostics, filler_vocabulary, per_record
+from benchmarks.evidence_followups import FIGURE_INDICES, render_figures, run_downstream, run_interventions
+from benchmarks.evidence_report import write_outputs
+from benchmarks.report import _finite, _read_json, _write_json, aggregate, format_cell
 
 EXTRA_ARMS: dict[str, dict[str, Any]] = {
     # SRM attention with a word-distance prior (custom.nets.relations, ``srm_locality``): a
@@ -105,147 +114,6 @@ def default_settings() -> dict[str, Any]:
         "eval_epochs": [1, 2, 5, 10, 20], "demo_train": 1200, "demo_val": 300, "demo_test": 300,
         "eval_split": "validation", "final_split": "test",
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Diagnostics from the model's own tensors
-# --------------------------------------------------------------------------------------------
-
-
-def filler_vocabulary() -> set[str]:
-    """Words of the demo's filler sentences that no finding, negation or location phrase uses."""
-    import re
-
-    from custom.data.demo import reports as demo  # the report templates and word lists
-
-    def words(texts) -> set[str]:
-        return {w for t in texts for w in re.findall(r"[a-z]+", t.lower())}
-
-    meaningful = set()
-    for table in (demo.FINDING_TEMPLATES, demo.BILATERAL_TEMPLATES, demo.IMPRESSION_TEMPLATES, demo.NEGATIONS):
-        meaningful |= words(t for v in table.values() for t in v)
-    meaningful |= words(t for v in demo.ZONE_WORDS.values() for t in v)
-    meaningful |= words(t for v in demo.SEVERITY_WORDS.values() for s in v.values() for t in s)
-    meaningful |= words(demo.NORMAL_LUNG_STATEMENTS) | {"left", "right"}
-    return words(demo.FILLER) - meaningful
-
-
-def ridge_r2(features, targets, alpha: float = 1.0) -> float | None:
-    """R² (mean over target columns) of a ridge regression fitted on the first half of the rows
-    and scored on the second half; None with too few rows or no target variance."""
-    import numpy as np
-
-    x, y = np.asarray(features, dtype=np.float64), np.asarray(targets, dtype=np.float64)
-    n = x.shape[0]
-    if n < 8:
-        return None
-    half = n // 2
-    mu_x, mu_y = x[:half].mean(0), y[:half].mean(0)
-    xt, yt = x[:half] - mu_x, y[:half] - mu_y
-    w = np.linalg.solve(xt.T @ xt + alpha * np.eye(x.shape[1]), xt.T @ yt)
-    pred = (x[half:] - mu_x) @ w + mu_y
-    sst = ((y[half:] - y[half:].mean(0)) ** 2).sum(0)
-    if not np.all(sst > 1e-12):
-        return None
-    return float(np.mean(1.0 - ((y[half:] - pred) ** 2).sum(0) / sst))
-
-
-def diagnostics(records: Sequence[Mapping[str, Any]], matchings: Sequence[Any] | None,
-                matchings_srm: Sequence[Any] | None, filler: set[str]) -> dict[str, Any]:
-    """The diagnostics of the module docstring from :func:`custom.visualize.collect_evidence`
-    records (with ``finding_masks``) and, per record, its (T', D_m) matching vectors before /
-    after SRM (None when the scorer has none)."""
-    import numpy as np
-
-    from custom.visualize import FINDING_WORDS, finding_word_positions
-
-    finding_vocab = {w for names in FINDING_WORDS.values() for w in names}
-    probe_x, probe_x_srm, probe_y = [], [], []
-    own, other, chance = [], [], []
-    irm: dict[str, list[float]] = {"finding": [], "side": [], "filler": []}
-    for n, record in enumerate(records):
-        attention = record.get("attention")
-        if attention is None:
-            continue
-        h, w = record["grid"]
-        ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-        coords = np.stack([xs.reshape(-1), ys.reshape(-1)], 1)  # (R, 2), row-major like the grid
-        centroid = attention @ coords  # (T', 2)
-        if matchings is not None:
-            probe_x.append(np.asarray(matchings[n]))
-            probe_y.append(centroid)
-            if matchings_srm is not None:
-                probe_x_srm.append(np.asarray(matchings_srm[n]))
-        words = record["words"]
-        t = len(words)
-        beta = record.get("importance")
-        if beta is not None and record.get("irm"):
-            rel = np.asarray(beta) * t
-            for k, word in enumerate(words):
-                kind = "finding" if word in finding_vocab else "side" if word in ("left", "right") else \
-                    "filler" if word in filler else None
-                if kind:
-                    irm[kind].append(float(rel[k]))
-        srm = record.get("srm_attention")
-        findings = record["item"].get("findings") or []
-        by_side = {f["side"]: f["finding"] for f in findings if f.get("side") in ("left", "right")}
-        if srm is not None and len(by_side) == 2:
-            attn = np.asarray(srm).mean(0)  # (T', T'), heads averaged
-            for k, word in enumerate(words):
-                if word not in by_side:
-                    continue
-                mine = finding_word_positions(words, by_side[word])
-                theirs = finding_word_positions(words, by_side["left" if word == "right" else "right"])
-                if mine:
-                    own.append(float(attn[k, mine].sum()))
-                    other.append(float(attn[k, theirs].sum()) if theirs else 0.0)
-                    chance.append(len(mine) / t)
-
-    def mean(values: list[float]) -> float | None:
-        return float(np.mean(values)) if values else None
-
-    out: dict[str, Any] = {"srm/own_mass": mean(own), "srm/other_mass": mean(other), "srm/chance": mean(chance),
-                           "srm/n_side_words": len(own)}
-    for kind, values in irm.items():
-        out[f"irm/{kind}"] = mean(values)
-    if probe_x:
-        x, y = np.concatenate(probe_x), np.concatenate(probe_y)
-        out["probe/r2"] = ridge_r2(x, y)
-        out["probe/centroid_std"] = float(y.std(0).mean())
-        if probe_x_srm:
-            out["probe/r2_srm"] = ridge_r2(np.concatenate(probe_x_srm), y)
-    return out
-
-
-def capture_matchings(model) -> tuple[list[Any], list[Any], Callable[[], None]]:
-    """Forward hooks on the last layer of the RECLF scorer's ``match_feature`` (m) and ``srm`` (m'): lists that fill
-    with one (B, 1, 1, T, D_m) tensor per :meth:`RECLFModel.matched_pair_details` call, and a
-    function removing the hooks. Empty lists for scorers without them."""
-    pre, post, handles = [], [], []
-    scorer = getattr(model, "scorer", None)
-    if scorer is not None and hasattr(scorer, "match_feature"):
-        handles.append(scorer.match_feature[-1].register_forward_hook(lambda m, i, o: pre.append(o.detach())))
-        if getattr(scorer, "srm", None) is not None:
-            handles.append(scorer.srm.register_forward_hook(lambda m, i, o: post.append(o[0].detach())))
-
-    def remove() -> None:
-        for handle in handles:
-            handle.remove()
-
-    return pre, post, remove
-
-
-def per_record(batches: Sequence[Any], records: Sequence[Mapping[str, Any]], batch_size: int) -> list[Any] | None:
-    """Split hooked batch tensors (B·T or B × 1 × 1 × T leading dims, one per batch of
-    ``batch_size`` records of :func:`custom.visualize.collect_evidence`) into one (T', D) array
-    per record, in order."""
-    if not batches:
-        return None
-    sizes = [min(batch_size, len(records) - start) for start in range(0, len(records), batch_size)]
-    if len(sizes) != len(batches):
-        raise RuntimeError(f"hooked {len(batches)} batches for {len(sizes)} batches of records")
-    rows = [row for n, batch in zip(sizes, batches) for row in batch.reshape(n, -1, batch.shape[-1]).float().numpy()]
-    return [row[: len(r["words"])] for row, r in zip(rows, records)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +241,21 @@ class EvidenceStudy:
             self._images[key] = [it for it in items if it.get("findings") and it.get("mask")]
         return self._images[key]
 
+    def side_metrics(self, model, tokenizer, split: str) -> dict[str, Any]:
+        """The finding × side AUROC of ``model`` on ``split``: ``side/<finding>``, ``side_acc/<finding>``
+        and their mean ``side/auroc`` (call under ``torch.no_grad()``)."""
+        from custom.zero_shot import PairScorer, prompt_metrics
+
+        scorer = PairScorer(model, tokenizer, "cpu")
+        metrics: dict[str, Any] = {}
+        for finding, (task_list, task_prompts) in self.side[split].items():
+            images = self._image_items(f"side/{split}/{finding}", task_list, os.path.dirname(task_list), "test")
+            result = prompt_metrics(scorer, images, task_list, task_prompts)
+            metrics[f"side/{finding}"] = _finite(result.get("auroc_mean"))
+            metrics[f"side_acc/{finding}"] = _finite(result.get("acc"))
+        metrics["side/auroc"] = aggregate([metrics[f"side/{f}"] for f in self.side[split]])["mean"]
+        return metrics
+
     def evaluate(self, ckpt: str, split: str | None = None) -> dict[str, Any]:
         """Every curve metric of one checkpoint on ``split`` (default ``eval_split``; flat dict)."""
         import torch
@@ -384,16 +267,8 @@ class EvidenceStudy:
         split = split or self.settings["eval_split"]
         model, tokenizer = load_pretrained(ckpt, "cpu")
         scorer = PairScorer(model, tokenizer, "cpu")
-        metrics: dict[str, Any] = {}
-        aurocs = []
         with torch.no_grad():
-            for finding, (task_list, task_prompts) in self.side[split].items():
-                images = self._image_items(f"side/{split}/{finding}", task_list, os.path.dirname(task_list), "test")
-                result = prompt_metrics(scorer, images, task_list, task_prompts)
-                metrics[f"side/{finding}"] = _finite(result.get("auroc_mean"))
-                metrics[f"side_acc/{finding}"] = _finite(result.get("acc"))
-                aurocs.append(metrics[f"side/{finding}"])
-            metrics["side/auroc"] = aggregate(aurocs)["mean"]
+            metrics = self.side_metrics(model, tokenizer, split)
             images = self._image_items(f"zs/{split}", self.datalist, self.dataset_dir, split)
             metrics["zs/auroc_mean"] = _finite(prompt_metrics(scorer, images, self.datalist, self.prompts).get("auroc_mean"))
             if model.scorer is not None:
@@ -485,248 +360,6 @@ class EvidenceStudy:
 
 
 # --------------------------------------------------------------------------------------------
-# Aggregation, table, plot
-# --------------------------------------------------------------------------------------------
-
-TABLE = [("side/auroc", "finding×side AUROC"), ("zs/auroc_mean", "zero-shot AUROC"), ("grounding", "grounding"),
-         ("grounding_uniform", "grounding chance"), ("side_grounding", "side-word grounding"),
-         ("probe/r2", "probe R² (m→centroid)"), ("srm/own_mass", "SRM side→own finding"),
-         ("srm/other_mass", "SRM side→other finding"), ("srm/chance", "SRM chance"), ("irm/finding", "IRM finding"),
-         ("irm/side", "IRM side"), ("irm/filler", "IRM filler")]
-PLOTS = [("side/auroc", "finding × side AUROC (chance 0.5)", 0.5), ("zs/auroc_mean", "demo zero-shot AUROC", 0.5),
-         ("grounding", "grounding (dashed: chance)", "grounding_uniform"), ("probe/r2", "probe R²: m → attended centroid", None),
-         ("srm/own_mass", "SRM: side word → its finding (dashed: chance)", "srm/chance"),
-         ("irm/finding", "IRM β×T: finding (solid) / filler (dotted)", 1.0)]
-
-
-def summarise_curves(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """{arm: {"steps": [...], "epochs": [...], "metrics": {key: [aggregate per epoch]}, "pretrain_*"}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for arm, runs in results.items():
-        epochs = sorted({int(e) for r in runs for e in r["curve"]})
-        keys = sorted({k for r in runs for c in r["curve"].values() for k, v in c.items() if _finite(v) is not None})
-        metrics = {k: [aggregate([r["curve"].get(str(e), {}).get(k) for r in runs]) for e in epochs] for k in keys}
-        steps = [aggregate([r["curve"].get(str(e), {}).get("step") for r in runs])["mean"] for e in epochs]
-        out[arm] = {"epochs": epochs, "steps": steps, "metrics": metrics, "seeds": [r["seed"] for r in runs],
-                    "pretrain_wall_min": aggregate([r["pretrain"]["wall_s"] / 60 for r in runs]),
-                    "pretrain_cpu_min": aggregate([r["pretrain"]["cpu_s"] / 60 for r in runs])}
-    return out
-
-
-def summarise_final(results: Mapping[str, Sequence[Mapping[str, Any]]], split: str) -> dict[str, dict[str, Any]]:
-    """:func:`summarise_curves` of the runs' last snapshot on ``split`` (the final table; arms
-    without it are left out)."""
-    finals: dict[str, list[dict[str, Any]]] = {}
-    for arm, runs in results.items():
-        for r in runs:
-            metrics = r.get("final", {}).get(split)
-            if metrics:
-                last = max(r["curve"], key=int) if r["curve"] else "0"
-                finals.setdefault(arm, []).append({"seed": r["seed"], "pretrain": r["pretrain"], "curve": {last: metrics}})
-    return summarise_curves(finals)
-
-
-def _at(s: Mapping[str, Any], epoch: int | None) -> int:
-    """Index of ``epoch`` in an arm's evaluated epochs (None or not evaluated: the last one)."""
-    return s["epochs"].index(epoch) if epoch in s["epochs"] else len(s["epochs"]) - 1
-
-
-def final_table(summary: Mapping[str, Mapping[str, Any]], digits: int = 3, epoch: int | None = None) -> str:
-    """Markdown: one row per arm, the metrics of :data:`TABLE` at ``epoch`` (default, or where
-    an arm has not reached it: its last evaluated step)."""
-    lines = ["| arm | step | " + " | ".join(t for _, t in TABLE) + " | pretrain CPU min |",
-             "|---|---|" + "---|" * (len(TABLE) + 1)]
-    for arm, s in summary.items():
-        if not s["epochs"]:
-            continue
-        i = _at(s, epoch)
-        cells = [format_cell(s["metrics"][k][i], digits) if k in s["metrics"] else "—" for k, _ in TABLE]
-        n = s["metrics"]["side/auroc"][i]["n"] if "side/auroc" in s["metrics"] else len(s["seeds"])
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} (n={n}) | {s['steps'][i]:.0f} | " + " | ".join(cells)
-                     + f" | {format_cell(s['pretrain_cpu_min'], 1)} |")
-    return "\n".join(lines) + "\n"
-
-
-def per_finding_table(summary: Mapping[str, Mapping[str, Any]], epoch: int | None = None) -> str:
-    """Markdown: the finding × side AUROC per lateral finding at ``epoch`` (as :func:`final_table`)."""
-    lines = ["| arm | step | " + " | ".join(LATERAL_FINDINGS) + " | mean |", "|---|---|" + "---|" * (len(LATERAL_FINDINGS) + 1)]
-    for arm, s in summary.items():
-        if not s["epochs"]:
-            continue
-        i = _at(s, epoch)
-        cells = [format_cell(s["metrics"][f"side/{f}"][i], 2) if f"side/{f}" in s["metrics"] else "—" for f in LATERAL_FINDINGS]
-        cells.append(format_cell(s["metrics"]["side/auroc"][i], 3) if "side/auroc" in s["metrics"] else "—")
-        lines.append(f"| {ARM_LABELS.get(arm, arm)} | {s['steps'][i]:.0f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(summary: Mapping[str, Mapping[str, Any]], path: str, title: str) -> None:
-    """Six panels (:data:`PLOTS`) against steps, mean ± std over seeds, one line per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=80)
-    for ax, (key, label, ref) in zip(axes.flat, PLOTS):
-        for n, (arm, s) in enumerate(summary.items()):
-            if key not in s["metrics"]:
-                continue
-            color = f"C{n}"
-            xs = [x for x, a in zip(s["steps"], s["metrics"][key]) if a["mean"] is not None]
-            aggs = [a for a in s["metrics"][key] if a["mean"] is not None]
-            means = [a["mean"] for a in aggs]
-            stds = [a["std"] or 0.0 for a in aggs]
-            ax.plot(xs, means, marker="o", ms=3, color=color, label=ARM_LABELS.get(arm, arm))
-            ax.fill_between(xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)], color=color,
-                            alpha=0.15)
-            if isinstance(ref, str) and ref in s["metrics"]:
-                ax.plot(xs, [a["mean"] for a in s["metrics"][ref][: len(xs)]], ls="--", color=color, lw=0.8)
-            if key == "irm/finding" and "irm/filler" in s["metrics"]:
-                ax.plot(xs, [a["mean"] for a in s["metrics"]["irm/filler"][: len(xs)]], ls=":", color=color)
-        if isinstance(ref, float):
-            ax.axhline(ref, color="gray", lw=0.8, ls="--")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str,
-                  command: str, plot: bool = True, name: str = "evidence_demo",
-                  merge: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """``<name>.json`` / ``.md`` (/ ``.png``) under ``out_dir``; returns the JSON object. ``merge``: earlier
-    outputs (see :func:`read_earlier_output`) whose arms this run does not hold are carried over as they are."""
-    from custom.metrics import nan_to_none
-    from custom.utils import atomic_write_text
-
-    summary = summarise_curves(results)
-    final_split = settings.get("final_split")
-    final = summarise_final(results, final_split) if final_split else {}
-    runs = {arm: [{"seed": r["seed"], "pretrain": r["pretrain"], "curve": r["curve"], "final": r.get("final", {})}
-                  for r in rs] for arm, rs in results.items()}
-    settings = dict(settings)
-    for earlier in merge or ():  # arms aggregated by an earlier process of the same study
-        for arm, s in earlier["summary"].items():
-            if arm not in summary:
-                summary[arm], runs[arm] = s, earlier["runs"][arm]
-                if arm in earlier.get("final", {}):
-                    final[arm] = earlier["final"][arm]
-    order = list(all_arms())
-    summary = {arm: summary[arm] for arm in sorted(summary, key=order.index)}
-    final = {arm: final[arm] for arm in summary if arm in final}
-    settings["arms"] = list(summary)
-    obj = {"command": command, "settings": settings, "summary": summary, "final": final,
-           "runs": {arm: runs[arm] for arm in summary}}
-    os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, name)
-    atomic_write_text(json.dumps(_rounded(nan_to_none(obj)), indent=None, separators=(",", ":")) + "\n", base + ".json")
-    header = (f"# Evidence on the demo: curves on the {settings['eval_split']} split"
-              + (f", final table on the {final_split} split" if final else "") + f"\n\n`{command}`\n\n"
-              f"{settings['image_size']} px, grid from {settings['image_local_layer']}, global from "
-              f"{settings['image_global_layer']}, batch {settings['batch_size']}, {settings['epochs']} epochs of "
-              f"{settings['demo_train']} pairs; mean ± sample std over seeds; values at the last evaluated step.\n\n")
-    text = ""
-    if final:
-        text += (f"## The final table: {final_split} split, the last snapshot\n\n" + final_table(final)
-                 + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(final)
-                 + f"\n## The curves: {settings['eval_split']} split\n\n")
-    text = header + text + final_table(summary) + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(summary)
-    for epoch in sorted({int(e) for e in settings["eval_epochs"]})[:-1]:  # the same step for every arm that reached it
-        text += (f"\n## At epoch {epoch} (arms that did not reach it: their last step)\n\n" + final_table(summary, epoch=epoch)
-                 + "\n" + per_finding_table(summary, epoch=epoch))
-    atomic_write_text(text, base + ".md")
-    if plot:
-        plot_curves(summary, base + ".png", f"reclf learning curves, demo {settings['eval_split']} (mean ± std over seeds)")
-    return obj
-
-
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
-
-FIGURE_INDICES = "2,15,23"
-"""Validation studies rendered by :func:`render_figures`: each holds two lateral findings on
-opposite sides (the binding case; generator seed 0, 300 validation studies)."""
-
-
-def render_figures(study: EvidenceStudy, arms: Sequence[str], out_dir: str, seed: int = 0) -> list[str]:
-    """``reclf_pretrain/configs/visualize.yaml`` on the last snapshot of (arm, ``seed``) for each
-    arm with word–region attention: word→region attention, IRM weights and SRM relations of the
-    :data:`FIGURE_INDICES` studies of the curve split, into ``<out_dir>/evidence_visualize/<arm>/``."""
-    from benchmarks.ablation import run_bundle
-
-    written = []
-    last = study.final_epoch()
-    for arm in arms:
-        ckpt = os.path.join(study.run_dir(arm, seed), "ckpts", f"epoch{last:03d}", "model.pt")
-        if study.arms[arm].get("objective", "reclf") == "convirt" or not os.path.isfile(ckpt):
-            continue  # no word-region attention / not trained
-        target = os.path.join(out_dir, "evidence_visualize", arm)
-        run_bundle("reclf_pretrain/configs/visualize.yaml", ckpt=ckpt, datalist=study.datalist,
-                   dataset_dir=study.dataset_dir, eval_split=study.settings["eval_split"], indices=FIGURE_INDICES,
-                   image_size=int(study.settings["image_size"]), device="cpu", visualize_dir=target,
-                   bundle_root=os.path.join(BUNDLES, "reclf_pretrain"), grounding_samples=0)
-        written.append(target)
-    return written
-
-
-# --------------------------------------------------------------------------------------------
-# The downstream tasks at this budget
-# --------------------------------------------------------------------------------------------
-
-
-def downstream_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The ablation's downstream settings at the study's budget: every task of
-    :class:`benchmarks.ablation.AblationStudy` (zero-shot, probe 1/10/100 %, retrieval,
-    segmentation 10/100 %) on the test split, the probes' and U-Nets' encoders stopping at the
-    pretrained stage (``image_global_layer``; the random-init baseline at the same depth)."""
-    keys = ("seeds", "image_size", "batch_size", "lr", "epochs", "demo_train", "demo_val", "demo_test",
-            "image_local_layer", "image_global_layer")
-    return dict({k: settings[k] for k in keys}, arms=["random_init", *settings["arms"]],
-                probe_fractions=[0.01, 0.1, 1.0], seg_fractions=[0.1, 1.0], seg_train_samples=300, seg_batch_size=16,
-                encoder_depth=settings["image_global_layer"])
-
-
-def run_downstream(study: EvidenceStudy, settings: Mapping[str, Any], out_dir: str, command: str,
-                   aggregate_only: bool = False, plot: bool = True,
-                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every downstream task on the last snapshot of each (arm, seed) of ``study`` (pretrained
-    first where missing), cached under ``<cache>/downstream/``; writes ``evidence_downstream_demo.*``.
-    ``overrides``: of :func:`downstream_settings` (e.g. fewer label fractions)."""
-    from benchmarks.ablation import write_outputs as write_ablation
-
-    dsettings = dict(downstream_settings(settings), **(overrides or {}))
-    cache = os.path.join(study.cache, "downstream")
-    os.makedirs(cache, exist_ok=True)
-    check_cache_settings(cache, dsettings)
-    last = study.final_epoch()
-
-    def pretrained(arm: str, seed: int) -> tuple[str, dict[str, Any]]:
-        record = study.pretrain(arm, seed)
-        ckpt = os.path.join(study.run_dir(arm, seed), "ckpts", f"epoch{last:03d}", "model.pt")
-        return ckpt, {"metrics": {}, "wall_s": record["wall_s"], "cpu_s": record["cpu_s"]}
-
-    arms = {"random_init": None, **{a: study.arms[a] for a in settings["arms"]}}
-    ablation = AblationStudy("demo", cache, dsettings, study.dataset_dir, study.datalist, log=study.log, arms=arms,
-                             pretrained=pretrained, compositional=False)
-    if aggregate_only:
-        results = {arm: [_read_json(p) for seed in dsettings["seeds"]
-                         if os.path.exists(p := os.path.join(ablation.run_dir(arm, seed), "result.json"))]
-                   for arm in dsettings["arms"]}
-        results = {arm: runs for arm, runs in results.items() if runs}
-    else:
-        results = ablation.run_all()
-    return write_ablation("demo", dsettings, results, out_dir, command, plot=plot, name="evidence_downstream_demo")
-
-
-# --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
 
@@ -770,6 +403,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "same depth): <out>/evidence_downstream_demo.{json,md,png}")
     p.add_argument("--figures", action="store_true",
                    help=f"then visualize.yaml figures of studies {FIGURE_INDICES} for seed 0 of each arm with attention")
+    p.add_argument("--interventions", action="store_true",
+                   help="then the finding × side AUROC of the RECLF arms' last snapshots with IRM / SRM switched off at "
+                        "inference (curve split): <out>/evidence_interventions_demo.{json,md}")
     p.add_argument("--merge", type=_str_list, default=[],
                    help="earlier outputs (.json) of the same settings whose other arms join this table")
     return p.parse_args(argv)
@@ -795,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f.read())
     if args.figures:
         render_figures(study, settings["arms"], args.out)
+    if args.interventions:
+        obj["interventions"] = run_interventions(study, settings["arms"], args.out)
+        with open(os.path.join(args.out, "evidence_interventions_demo.md"), encoding="utf-8") as f:
+            print(f.read())
     if args.downstream:
         obj["downstream"] = run_downstream(study, settings, args.out, command.strip(), args.aggregate_only,
                                            plot=not args.no_plot)

@@ -1,4 +1,4 @@
-"""benchmarks/evidence.py and the image-encoder stage options it relies on: the ridge probe and the
+"""benchmarks/evidence*.py and the image-encoder stage options it relies on: the ridge probe and the
 diagnostics against hand-made inputs, the encoder's default path unchanged, a checkpoint that
 rebuilds its stages, and a tiny learning-curve study (2 arms, 1 seed, 2 snapshots, 32 px) whose
 rerun is served from the cache."""
@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import evidence
+from benchmarks import evidence, evidence_diagnostics, evidence_followups
 
 
 def test_ridge_r2_recovers_a_linear_map_and_not_noise():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 6))
     y = x @ rng.normal(size=(6, 2)) + 0.01 * rng.normal(size=(400, 2))
-    assert evidence.ridge_r2(x, y, alpha=1e-3) > 0.99
-    assert evidence.ridge_r2(x, rng.normal(size=(400, 2))) < 0.05  # unrelated targets: no fit out of sample
-    assert evidence.ridge_r2(x[:4], y[:4]) is None  # too few rows
-    assert evidence.ridge_r2(x, np.ones((400, 2))) is None  # no variance to explain
+    assert evidence_diagnostics.ridge_r2(x, y, alpha=1e-3) > 0.99
+    assert evidence_diagnostics.ridge_r2(x, rng.normal(size=(400, 2))) < 0.05  # unrelated targets: no fit out of sample
+    assert evidence_diagnostics.ridge_r2(x[:4], y[:4]) is None  # too few rows
+    assert evidence_diagnostics.ridge_r2(x, np.ones((400, 2))) is None  # no variance to explain
 
 
 def test_diagnostics_of_a_hand_made_record():
@@ -40,9 +40,9 @@ def test_diagnostics_of_a_hand_made_record():
     record = {"words": words, "grid": (2, 2), "attention": attention, "importance": beta, "irm": True,
               "srm_attention": srm, "item": {"findings": [{"finding": "effusion", "side": "left"},
                                                            {"finding": "nodule", "side": "right"}]}}
-    filler = evidence.filler_vocabulary()
+    filler = evidence_diagnostics.filler_vocabulary()
     assert {"comparison", "none"} <= filler and not {"left", "effusion", "small", "no"} & filler
-    out = evidence.diagnostics([record], None, None, filler)
+    out = evidence_diagnostics.diagnostics([record], None, None, filler)
     assert out["srm/own_mass"] == pytest.approx((0.75 + 0.5) / 2)
     assert out["srm/other_mass"] == pytest.approx((0.25 + 0.0) / 2)
     assert out["srm/chance"] == pytest.approx(1 / t) and out["srm/n_side_words"] == 2
@@ -141,7 +141,7 @@ def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
     # encoder of the same depth; label fractions cut to one to keep this short
     settings = dict(obj["settings"], arms=["reclf"])
     study = evidence.EvidenceStudy(cache, settings, os.path.join(cache, "data"), os.path.join(cache, "data", "datalist.json"))
-    down = evidence.run_downstream(study, settings, out, "test", plot=False,
+    down = evidence_followups.run_downstream(study, settings, out, "test", plot=False,
                                    overrides={"probe_fractions": [1.0], "seg_fractions": [1.0], "seg_train_samples": 64})
     assert set(down["summary"]) == {"random_init", "reclf"}
     for arm in ("random_init", "reclf"):
@@ -154,9 +154,15 @@ def test_tiny_curve_study_end_to_end_and_cache(tmp_path):
     stage = json.load(open(os.path.join(cache, "downstream", "random_init", "seed0", "stages", "lp100.json"), encoding="utf-8"))
     assert stage["metrics"]["encoder_depth"] == "layer2"  # the baseline stops where the pretraining did
     # figures of the fixed validation studies from the last snapshot (ConVIRT has no attention to show)
-    written = evidence.render_figures(study, ["convirt", "reclf"], out)
+    written = evidence_followups.render_figures(study, ["convirt", "reclf"], out)
     assert written == [os.path.join(out, "evidence_visualize", "reclf")]
     assert len([f for f in os.listdir(written[0]) if f.startswith("validation_") and f.endswith(".png")]) == 3
+    # interventions at inference: "as trained" is the snapshot's own validation number
+    inter = evidence_followups.run_interventions(study, ["convirt", "reclf"], out)
+    assert list(inter["summary"]) == ["reclf"]
+    trained = inter["summary"]["reclf"]
+    assert trained["trained/side/auroc"]["mean"] == pytest.approx(summary["reclf"]["metrics"]["side/auroc"][-1]["mean"])
+    assert {"uniform_irm/side/auroc", "no_srm/side/auroc"} <= set(trained)
 
 
 def test_srm_locality_option_off_by_default_and_a_distance_prior_when_on():
