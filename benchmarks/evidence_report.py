@@ -82,6 +82,21 @@ def per_finding_table(summary: Mapping[str, Mapping[str, Any]], epoch: int | Non
     return "\n".join(lines) + "\n"
 
 
+def curve_table(summary: Mapping[str, Mapping[str, Any]], key: str = "side/auroc", digits: int = 3) -> str:
+    """Markdown: ``key`` at every evaluated step (columns: the steps of the longest curve), then the
+    per-seed values at the last step."""
+    steps = max((s["steps"] for s in summary.values()), key=len, default=[])
+    lines = ["| arm | " + " | ".join(f"@{x:.0f}" for x in steps) + " | seeds @last |", "|---|" + "---|" * (len(steps) + 1)]
+    for arm, s in summary.items():
+        aggs = s["metrics"].get(key)
+        if not aggs:
+            continue
+        cells = [format_cell(a, digits) for a in aggs] + ["—"] * (len(steps) - len(aggs))
+        seeds = ", ".join("—" if v is None else f"{v:.{digits}f}" for v in aggs[-1]["values"])
+        lines.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_curves(summary: Mapping[str, Mapping[str, Any]], path: str, title: str) -> None:
     """Six panels (:data:`PLOTS`) against steps, mean ± std over seeds, one line per arm."""
     import matplotlib
@@ -160,8 +175,10 @@ def write_outputs(settings: Mapping[str, Any], results: Mapping[str, Sequence[Ma
     if final:
         text += (f"## The final table: {final_split} split, the last snapshot\n\n" + final_table(final)
                  + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(final)
+                 + "\nFinding × side AUROC per seed:\n\n" + curve_table(final)
                  + f"\n## The curves: {settings['eval_split']} split\n\n")
-    text = header + text + final_table(summary) + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(summary)
+    text = (header + text + "Finding × side AUROC over training:\n\n" + curve_table(summary) + "\nAt the last step:\n\n"
+            + final_table(summary) + "\nFinding × side AUROC per finding:\n\n" + per_finding_table(summary))
     for epoch in sorted({int(e) for e in settings["eval_epochs"]})[:-1]:  # the same step for every arm that reached it
         text += (f"\n## At epoch {epoch} (arms that did not reach it: their last step)\n\n" + final_table(summary, epoch=epoch)
                  + "\n" + per_finding_table(summary, epoch=epoch))
