@@ -241,12 +241,12 @@ class EvidenceStudy:
             self._images[key] = [it for it in items if it.get("findings") and it.get("mask")]
         return self._images[key]
 
-    def side_metrics(self, model, tokenizer, split: str) -> dict[str, Any]:
-        """The finding × side AUROC of ``model`` on ``split``: ``side/<finding>``, ``side_acc/<finding>``
-        and their mean ``side/auroc`` (call under ``torch.no_grad()``)."""
-        from custom.zero_shot import PairScorer, prompt_metrics
+    def side_metrics(self, scorer, split: str) -> dict[str, Any]:
+        """The finding × side AUROC of a :class:`custom.zero_shot.PairScorer` on ``split``:
+        ``side/<finding>``, ``side_acc/<finding>`` and their mean ``side/auroc`` (call under
+        ``torch.no_grad()``)."""
+        from custom.zero_shot import prompt_metrics
 
-        scorer = PairScorer(model, tokenizer, "cpu")
         metrics: dict[str, Any] = {}
         for finding, (task_list, task_prompts) in self.side[split].items():
             images = self._image_items(f"side/{split}/{finding}", task_list, os.path.dirname(task_list), "test")
@@ -268,7 +268,7 @@ class EvidenceStudy:
         model, tokenizer = load_pretrained(ckpt, "cpu")
         scorer = PairScorer(model, tokenizer, "cpu")
         with torch.no_grad():
-            metrics = self.side_metrics(model, tokenizer, split)
+            metrics = self.side_metrics(scorer, split)
             images = self._image_items(f"zs/{split}", self.datalist, self.dataset_dir, split)
             metrics["zs/auroc_mean"] = _finite(prompt_metrics(scorer, images, self.datalist, self.prompts).get("auroc_mean"))
             if model.scorer is not None:

@@ -101,30 +101,35 @@ INTERVENTIONS = {
 }
 """Interventions on a trained RECLF model's scorer: which relation module's output at test time
 costs (or carries) the finding × side binding."""
+SWITCHED_OFF = {"uniform_irm": "irm", "no_srm": "srm"}
+"""Intervention -> the scorer module it sets to None."""
 
 
 def intervention_scores(study: EvidenceStudy, ckpt: str, split: str) -> dict[str, Any]:
     """``side/auroc`` (and per finding) of one checkpoint as trained and under each intervention of
-    :data:`INTERVENTIONS` that applies (the module must be there to switch it off)."""
+    :data:`INTERVENTIONS` that applies (the module must be there to switch it off): the scorer's
+    ``irm`` / ``srm`` set to None is its own ``irm: false`` (uniform β) / ``srm: false`` (m' = m) path."""
     import torch
 
     from custom.engines.pretrained import load_pretrained
+    from custom.zero_shot import PairScorer
 
+    model, tokenizer = load_pretrained(ckpt, "cpu")
+    scorer, pairs = model.scorer, PairScorer(model, tokenizer, "cpu")
     out: dict[str, Any] = {}
     for name in INTERVENTIONS:
-        model, tokenizer = load_pretrained(ckpt, "cpu")
-        scorer = model.scorer
-        if name == "uniform_irm":
-            if scorer.irm is None:
-                continue
-            scorer.irm = None  # the scorer's irm: false path (uniform β)
-        if name == "no_srm":
-            if scorer.srm is None:
-                continue
-            scorer.srm = None  # the scorer's srm: false path (m' = m)
-        with torch.no_grad():
-            metrics = study.side_metrics(model.eval(), tokenizer, split)
-        out.update({f"{name}/{k}": v for k, v in metrics.items()})
+        module = SWITCHED_OFF.get(name)
+        saved = getattr(scorer, module) if module else None
+        if module and saved is None:
+            continue
+        if module:
+            setattr(scorer, module, None)
+        try:
+            with torch.no_grad():
+                out.update({f"{name}/{k}": v for k, v in study.side_metrics(pairs, split).items()})
+        finally:
+            if module:
+                setattr(scorer, module, saved)
     return out
 
 

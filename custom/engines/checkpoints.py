@@ -297,28 +297,23 @@ def load_classifier_weights(network: torch.nn.Module, ckpt: str) -> None:
 # ---- downstream networks on a pretraining checkpoint's image tower ----------------------
 
 
-def pretrained_image_encoder_name(ckpt: str, needs_stage: str | None = None) -> str:
-    """The image encoder a self-describing pretraining checkpoint was built with (its ``model.json``).
-
-    ``needs_stage``: the deepest ResNet stage the downstream network uses. A checkpoint pretrained
-    with a truncated tower (``image_global_layer`` before it: those stages never trained) is
-    refused rather than silently used with random deep stages."""
-    content = read_meta(ckpt, verify=False)  # load_image_tower reads the weights next
-    trained_to = pretrained_depth(ckpt, content)
-    if needs_stage is not None and trained_to < needs_stage:  # "layer1" < ... < "layer4"
+def downstream_tower(pretrained_ckpt: str | None, image_encoder: str, encoder_depth: str | None) -> tuple[str, str]:
+    """(image encoder, encoder depth) of a downstream network: without a checkpoint ``image_encoder``
+    and ``encoder_depth`` (default ``layer4``); with one, what its ``model.json`` says it was built
+    with and trained to (``image_global_layer``), read once. A depth deeper than the checkpoint
+    trained (stages that never trained) is refused rather than silently used."""
+    if not pretrained_ckpt:
+        return image_encoder, encoder_depth or "layer4"
+    content = read_meta(pretrained_ckpt, verify=False)  # load_image_tower reads the weights next
+    trained_to = str(content.get("image_global_layer", "layer4"))
+    depth = encoder_depth or trained_to
+    if trained_to < depth:  # "layer1" < ... < "layer4"
         raise ValueError(
-            f"{ckpt!r} was pretrained with image_global_layer={trained_to!r}: its stages after {trained_to} never "
-            f"trained, and this network uses them up to encoder_depth={needs_stage!r}. Leave encoder_depth unset "
+            f"{pretrained_ckpt!r} was pretrained with image_global_layer={trained_to!r}: its stages after {trained_to} "
+            f"never trained, and this network uses them up to encoder_depth={depth!r}. Leave encoder_depth unset "
             f"(the network then stops at {trained_to}) or pretrain with image_global_layer: layer4"
         )
-    return content["image_encoder"]
-
-
-def pretrained_depth(ckpt: str, content: dict[str, Any] | None = None) -> str:
-    """The deepest ResNet stage a pretraining checkpoint trained: its ``image_global_layer``
-    (``layer4`` unless the tower was truncated); the default ``encoder_depth`` downstream."""
-    content = read_meta(ckpt, verify=False) if content is None else content
-    return str(content.get("image_global_layer", "layer4"))
+    return content["image_encoder"], depth
 
 
 def load_image_tower(encoder: torch.nn.Module, ckpt: str) -> None:
@@ -354,9 +349,8 @@ def build_classifier(num_classes: int, image_encoder: str = "resnet18", pretrain
     from ..nets.classifier import ImageClassifier
 
     ckpt = as_optional_path(pretrained_ckpt)
-    depth = encoder_depth or (pretrained_depth(ckpt) if ckpt else "layer4")
-    net = ImageClassifier(num_classes, pretrained_image_encoder_name(ckpt, depth) if ckpt else image_encoder,
-                          freeze_encoder=freeze_encoder, encoder_depth=depth)
+    name, depth = downstream_tower(ckpt, image_encoder, encoder_depth)
+    net = ImageClassifier(num_classes, name, freeze_encoder=freeze_encoder, encoder_depth=depth)
     if ckpt:
         load_image_tower(net.encoder, ckpt)
     return net
@@ -377,9 +371,9 @@ def build_segmenter(image_encoder: str = "resnet18", pretrained_ckpt: Any = "", 
     from ..nets.seg_unet import SegUNet
 
     ckpt = as_optional_path(pretrained_ckpt)
-    depth = encoder_depth or (pretrained_depth(ckpt) if ckpt else "layer4")
-    net = SegUNet(pretrained_image_encoder_name(ckpt, depth) if ckpt else image_encoder, freeze_encoder=freeze_encoder,
-                  out_channels=out_channels, decoder_channels=decoder_channels, encoder_depth=depth)
+    name, depth = downstream_tower(ckpt, image_encoder, encoder_depth)
+    net = SegUNet(name, freeze_encoder=freeze_encoder, out_channels=out_channels, decoder_channels=decoder_channels,
+                  encoder_depth=depth)
     if ckpt:
         load_image_tower(net.encoder, ckpt)
     return net

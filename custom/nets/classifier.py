@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..utils import as_optional_path
-from .image_encoder import STAGES, ImageEncoder, stage_channels
+from .image_encoder import ImageEncoder, check_stage, stage_channels
 
 
 def refuse_path(pretrained_ckpt: Any, network: str, builder: str) -> None:
@@ -18,14 +18,6 @@ def refuse_path(pretrained_ckpt: Any, network: str, builder: str) -> None:
         raise TypeError(
             f"{network} reads no checkpoint files (pretrained_ckpt={pretrained_ckpt!r}): use "
             f"_target_: custom.engines.checkpoints.{builder} (same arguments) to start from a pretraining checkpoint")
-
-
-def check_encoder_depth(encoder_depth: Any) -> str:
-    """``encoder_depth`` as a ResNet stage name, or a clear error."""
-    depth = str(encoder_depth)
-    if depth not in STAGES:
-        raise ValueError(f"encoder_depth: expected one of {list(STAGES)}, got {encoder_depth!r}")
-    return depth
 
 
 class ImageClassifier(nn.Module):
@@ -50,7 +42,7 @@ class ImageClassifier(nn.Module):
         super().__init__()
         refuse_path(pretrained_ckpt, "ImageClassifier", "build_classifier")
         name = str(image_encoder)
-        self.encoder_depth = check_encoder_depth(encoder_depth)
+        self.encoder_depth = check_stage(encoder_depth, "encoder_depth")
         self.encoder_name = name
         channels = stage_channels(name)  # validates name
         # the region grid is unused here; layer1 is valid beneath every depth

@@ -27,6 +27,13 @@ def stage_channels(name: str) -> dict[str, int]:
     return {stage: c * expansion for stage, c in zip(STAGES, (64, 128, 256, 512))}
 
 
+def check_stage(stage: object, what: str) -> str:
+    """``stage`` as a ResNet stage name (``layer1`` .. ``layer4``), or an error naming the setting ``what``."""
+    if str(stage) not in STAGES:
+        raise ValueError(f"{what}: expected one of {list(STAGES)}, got {stage!r}")
+    return str(stage)
+
+
 def build_resnet(name: str) -> ResNet:
     """A 2-D MONAI ResNet whose parameter names and shapes match torchvision's (minus ``fc``).
 
@@ -74,9 +81,8 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.name = name
         self.backbone = build_resnet(name)
-        for what, stage in (("image_local_layer", local_layer), ("image_global_layer", global_layer)):
-            if stage not in STAGES:
-                raise ValueError(f"{what}: expected one of {list(STAGES)}, got {stage!r}")
+        local_layer = check_stage(local_layer, "image_local_layer")
+        global_layer = check_stage(global_layer, "image_global_layer")
         if STAGES.index(global_layer) < STAGES.index(local_layer):
             raise ValueError(f"image_global_layer {global_layer!r} comes before image_local_layer {local_layer!r}")
         self.local_layer, self.global_layer = local_layer, global_layer

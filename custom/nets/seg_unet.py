@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import as_bool
-from .classifier import check_encoder_depth, refuse_path
-from .image_encoder import RESNET_SPECS, STAGES, ImageEncoder, stage_channels
+from .classifier import refuse_path
+from .image_encoder import RESNET_SPECS, STAGES, ImageEncoder, check_stage, stage_channels
+
 
 def depth_stride(encoder_depth: str) -> int:
     """The input-side multiple a SegUNet of ``encoder_depth`` needs: the stride of the deepest
@@ -90,7 +91,7 @@ class SegUNet(nn.Module):
         if len(decoder_channels) != 4:
             raise ValueError(f"decoder_channels: expected 4 values (one per decoder block), got {decoder_channels!r}")
         self.encoder_name = name
-        self.encoder_depth = check_encoder_depth(encoder_depth)
+        self.encoder_depth = check_stage(encoder_depth, "encoder_depth")
         self.stride = depth_stride(self.encoder_depth)
         self.encoder = ImageEncoder(name, local_layer="layer1", global_layer=self.encoder_depth)
         self.freeze_encoder = as_bool(freeze_encoder, "freeze_encoder")
