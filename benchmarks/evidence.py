@@ -150,6 +150,17 @@ class EvidenceStudy:
     def final_epoch(self) -> int:
         return max(int(e) for e in self.settings["eval_epochs"] if int(e) <= int(self.settings["epochs"]))
 
+    def snapshot(self, arm: str, seed: int, epoch: int | None = None) -> str:
+        """``ckpts/epochNNN/model.pt`` of (arm, seed); default epoch: the last snapshot."""
+        epoch = self.final_epoch() if epoch is None else int(epoch)
+        return os.path.join(self.run_dir(arm, seed), "ckpts", f"epoch{epoch:03d}", "model.pt")
+
+    def eval_path(self, arm: str, seed: int, epoch: int, split: str | None = None) -> str:
+        """``evals/epochNNN.json`` on ``eval_split``, ``evals/<split>/epochNNN.json`` on another split."""
+        split = split or self.settings["eval_split"]
+        sub = [] if split == self.settings["eval_split"] else [split]
+        return os.path.join(self.run_dir(arm, seed), "evals", *sub, f"epoch{int(epoch):03d}.json")
+
     # ---- pretraining with snapshots ---------------------------------------------------------
     def pretrain(self, arm: str, seed: int) -> dict[str, Any]:
         """Train (arm, seed) to ``epochs`` with snapshots at ``eval_epochs``; resumes; cached."""
@@ -293,13 +304,11 @@ class EvidenceStudy:
     def evaluate_snapshot(self, arm: str, seed: int, epoch: int, step: int, split: str | None = None) -> dict[str, Any]:
         """``evals/epochNNN.json`` of (arm, seed) on ``eval_split`` (``evals/<split>/epochNNN.json``
         on another ``split``): computed once from ``ckpts/epochNNN/``, then read."""
-        run_dir = self.run_dir(arm, seed)
         split = split or self.settings["eval_split"]
-        path = os.path.join(run_dir, "evals", *([] if split == self.settings["eval_split"] else [split]),
-                            f"epoch{epoch:03d}.json")
+        path = self.eval_path(arm, seed, epoch, split)
         if os.path.exists(path):
             return _read_json(path)
-        ckpt = os.path.join(run_dir, "ckpts", f"epoch{epoch:03d}", "model.pt")
+        ckpt = self.snapshot(arm, seed, epoch)
         wall, cpu = time.perf_counter(), time.process_time()
         metrics = self.evaluate(ckpt, split)
         metrics["time/eval_wall_s"] = time.perf_counter() - wall
@@ -345,12 +354,12 @@ class EvidenceStudy:
                     done = timing
                 curve = {}
                 for epoch in self.settings["eval_epochs"]:
-                    path = os.path.join(run_dir, "evals", f"epoch{int(epoch):03d}.json")
+                    path = self.eval_path(arm, seed, epoch)
                     if os.path.exists(path):
                         curve[str(int(epoch))] = _read_json(path)
                 final = {}
                 for split in self.splits()[1:]:
-                    path = os.path.join(run_dir, "evals", split, f"epoch{self.final_epoch():03d}.json")
+                    path = self.eval_path(arm, seed, self.final_epoch(), split)
                     if os.path.exists(path):
                         final[split] = _read_json(path)
                 if curve:

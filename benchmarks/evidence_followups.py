@@ -27,9 +27,8 @@ def render_figures(study: EvidenceStudy, arms: Sequence[str], out_dir: str, seed
     from benchmarks.ablation import run_bundle
 
     written = []
-    last = study.final_epoch()
     for arm in arms:
-        ckpt = os.path.join(study.run_dir(arm, seed), "ckpts", f"epoch{last:03d}", "model.pt")
+        ckpt = study.snapshot(arm, seed)
         if study.arms[arm].get("objective", "reclf") == "convirt" or not os.path.isfile(ckpt):
             continue  # no word-region attention / not trained
         target = os.path.join(out_dir, "evidence_visualize", arm)
@@ -70,12 +69,10 @@ def run_downstream(study: EvidenceStudy, settings: Mapping[str, Any], out_dir: s
     cache = os.path.join(study.cache, "downstream")
     os.makedirs(cache, exist_ok=True)
     check_cache_settings(cache, dsettings)
-    last = study.final_epoch()
 
     def pretrained(arm: str, seed: int) -> tuple[str, dict[str, Any]]:
         record = study.pretrain(arm, seed)
-        ckpt = os.path.join(study.run_dir(arm, seed), "ckpts", f"epoch{last:03d}", "model.pt")
-        return ckpt, {"metrics": {}, "wall_s": record["wall_s"], "cpu_s": record["cpu_s"]}
+        return study.snapshot(arm, seed), {"metrics": {}, "wall_s": record["wall_s"], "cpu_s": record["cpu_s"]}
 
     arms = {"random_init": None, **{a: study.arms[a] for a in settings["arms"]}}
     ablation = AblationStudy("demo", cache, dsettings, study.dataset_dir, study.datalist, log=study.log, arms=arms,
@@ -147,7 +144,7 @@ def run_interventions(study: EvidenceStudy, arms: Sequence[str], out_dir: str, s
             continue  # nothing to switch off
         for seed in study.settings["seeds"]:
             run_dir = study.run_dir(arm, seed)
-            ckpt = os.path.join(run_dir, "ckpts", f"epoch{last:03d}", "model.pt")
+            ckpt = study.snapshot(arm, seed)
             if not os.path.isfile(ckpt):
                 continue
             path = os.path.join(run_dir, "evals", "interventions", f"{split}_epoch{last:03d}.json")
